@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep
+from app.db.models import Job
+from app.schemas.common import ERROR_RESPONSES, PageOf
+from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
+from app.services import jobs as service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+def to_read(job: Job) -> JobRead:
+    return JobRead.model_validate(
+        {
+            "id": job.id,
+            "status": job.status,
+            "spec": job.spec,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "progress": job.progress,
+            "metrics": job.metrics or [],
+            "report": job.report,
+            "result": {"model_id": job.result_model_id} if job.result_model_id else None,
+            "error": job.error,
+            "attempt": job.attempt,
+            "cancel_requested": job.cancel_requested,
+        }
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
+def create_job(body: JobCreate, session: SessionDep, team: CurrentTeam) -> JobRead:
+    """Create a fine-tuning job; it is queued, then picked up by a worker."""
+    return to_read(service.create_job(session, team, body))
+
+
+@router.get("", response_model=PageOf[JobRead])
+def list_jobs(
+    session: SessionDep,
+    team: CurrentTeam,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> PageOf[JobRead]:
+    page = service.list_jobs(session, team, status=status, limit=limit, cursor=cursor)
+    return PageOf[JobRead](
+        data=[to_read(j) for j in page.items], has_more=page.has_more, next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
+    return to_read(service.get_job(session, team, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+def cancel_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
+    """Cancel a job: a queued one never starts, a running one stops at its next step."""
+    return to_read(service.cancel_job(session, team, job_id))
+
+
+@router.get("/{job_id}/events", response_model=list[JobEventRead])
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    team: CurrentTeam,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
+) -> list[JobEventRead]:
+    """What happened to a job, oldest first."""
+    return [
+        JobEventRead.model_validate(e)
+        for e in service.list_events(session, team, job_id, after_id=after)
+    ]

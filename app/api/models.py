@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi.responses import FileResponse
+
+from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
+from app.errors import InvalidInput
+from app.schemas.common import ERROR_RESPONSES, PageOf
+from app.schemas.models import ModelRead
+from app.services import models as service
+from app.services.datasets import receive_upload
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
+
+MEDIA_TYPES = {"metadata": "application/json", "bundle": "application/zip"}
+
+
+@router.get("", response_model=PageOf[ModelRead])
+def list_models(
+    session: SessionDep, team: CurrentTeam, limit: Limit = 20, cursor: Cursor = None
+) -> PageOf[ModelRead]:
+    page = service.list_models(session, team, limit=limit, cursor=cursor)
+    return PageOf[ModelRead](
+        data=[ModelRead.model_validate(m) for m in page.items],
+        has_more=page.has_more,
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/{model_id}", response_model=ModelRead)
+def get_model(model_id: str, session: SessionDep, team: CurrentTeam) -> ModelRead:
+    return ModelRead.model_validate(service.get_model(session, team, model_id))
+
+
+@router.get("/{model_id}/artifacts/{format}", response_class=FileResponse)
+def download_artifact(
+    model_id: str, format: str, session: SessionDep, storage: StorageDep, team: CurrentTeam
+) -> FileResponse:
+    """Download one artifact: `safetensors`, `metadata`, `onnx`, `onnx-int8`, `onnx-fp16`,
+    `bundle`. The sha256 of each is in the model object."""
+    model = service.get_model(session, team, model_id)
+    path = service.artifact_path(storage, model, format)
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES.get(format, "application/octet-stream"),
+        filename=f"{model.id}-{path.name}",
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelRead)
+def upload_model(
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    team: CurrentTeam,
+    file: Annotated[UploadFile, File(description="Weights as a .safetensors file (no pickle)")],
+    architecture: Annotated[str, Form(examples=["resnet18"])],
+    classes: Annotated[str, Form(description="JSON list of class names, in output order")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    image_size: Annotated[int | None, Form(ge=16, le=1024)] = None,
+) -> ModelRead:
+    """Upload a team's own base model, to start jobs from (`base_model: "mdl_…"`)."""
+    class_list = _parse_classes(classes)
+    upload = receive_upload(file.file, storage, settings.max_upload_bytes)
+    model = service.upload_model(
+        session,
+        storage,
+        team,
+        name=name or (file.filename or "uploaded model"),
+        architecture=architecture,
+        classes=class_list,
+        image_size=image_size,
+        upload=upload,
+    )
+    return ModelRead.model_validate(model)
+
+
+def _parse_classes(raw: str) -> list[str]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(c, str) and c for c in value)
+        or len(set(value)) != len(value)
+    ):
+        raise InvalidInput(
+            'classes must be a JSON list of distinct, non-empty names, e.g. ["cat", "dog"].',
+            param="classes",
+        )
+    return value

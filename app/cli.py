@@ -1,0 +1,116 @@
+"""The `graft` command: serve, api, worker, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from app.config import get_settings
+from app.queue import INGEST_QUEUE
+
+
+def migrate(_: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+
+    settings = get_settings()
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+    print(f"database at head: {_redact(settings.sqlalchemy_url)}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import app as celery_app
+
+    argv = [
+        "worker",
+        "--queues",
+        args.queues,
+        "--concurrency",
+        str(args.concurrency),
+        # One process per GPU: solo runs the job in the worker's own process, where
+        # the SIGTERM and heartbeat handling live; more than one uses prefork.
+        "--pool",
+        "solo" if args.concurrency == 1 else "prefork",
+        "--hostname",
+        f"graft-{os.getpid()}@%h",
+        "--loglevel",
+        args.loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    celery_app.worker_main(argv)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Migrate, start one worker process, and serve the API until interrupted."""
+    migrate(args)
+    cmd = [sys.executable, "-m", "app.cli", "worker", "--queues", args.queues, "--concurrency", "1"]
+    proc = subprocess.Popen(cmd)
+    try:
+        return api(args)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    default_queues = f"{get_settings().queue},{INGEST_QUEUE}"
+
+    def http(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+
+    p = sub.add_parser("serve", help="API and one embedded worker (what `make run` starts)")
+    http(p)
+    p.add_argument("--queues", default=default_queues)
+    p.set_defaults(func=serve)
+    p = sub.add_parser("api", help="the HTTP API only")
+    http(p)
+    p.set_defaults(func=api)
+    p = sub.add_parser("worker", help="a Celery worker that trains jobs")
+    p.add_argument("--queues", default=default_queues, help="comma-separated queue names")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (1 per GPU)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=worker)
+    p = sub.add_parser("migrate", help="apply the Alembic migrations")
+    p.set_defaults(func=migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Configuration: one Settings class, read from the environment (prefix GRAFT_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRAFT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Artifact store and embedded database")
+    # Empty means the embedded default: SQLite under data_dir.
+    database_url: str = ""
+    # Empty means the embedded default: kombu's filesystem transport under data_dir.
+    broker_url: str = ""
+    model_cache: Path | None = Field(None, description="torchvision weights cache")
+    admin_key: SecretStr | None = None
+    allow_weight_download: bool = True
+
+    queue: str = "gpu"
+    max_upload_bytes: int = 2 * 1024**3
+    # An archive of up to this size is ingested inside the request; a larger one
+    # answers 202 at once and is ingested in the background.
+    inline_ingest_bytes: int = 64 * 1024**2
+
+    lease_seconds: float = 60.0
+    # Also how often a running job notices a cancel request.
+    heartbeat_seconds: float = 2.0
+    max_attempts: int = 3
+    # Queued jobs nobody claimed within this long are sent to the broker again.
+    redispatch_after_seconds: float = 120.0
+    reaper_interval_seconds: float = 30.0
+
+    max_predict_images: int = 32
+    max_predict_image_bytes: int = 20 * 1024**2
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'graft.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_data_dir / "broker"
+
+    @property
+    def weights_cache(self) -> Path:
+        return (self.model_cache or self.resolved_data_dir / "model-cache").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

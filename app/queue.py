@@ -1,0 +1,104 @@
+"""The Celery application's configuration, and sending work to it by task name.
+
+The API imports this module, never worker.tasks: it sends "graft.train" by name and
+so never loads torch. worker/celery_app.py builds its app from the same function.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from app.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TRAIN_TASK = "graft.train"
+INGEST_TASK = "graft.ingest"
+MAINTENANCE_TASK = "graft.maintenance"
+INGEST_QUEUE = "ingest"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "broker_url": settings.celery_broker_url,
+        "task_ignore_result": True,
+        # Long jobs: acknowledge after the task ran, so a worker that dies mid-job
+        # leaves the message to be delivered again (the job row makes that safe).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        # Publishing from the API must not hang on a dead broker: the job row is
+        # committed already and the dispatcher sends it again later.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "broker_transport_options": {},
+    }
+    if settings.is_embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        # Redis re-delivers an unacknowledged message after this long; it must exceed
+        # the longest job, or a running job would be handed to a second worker.
+        conf["broker_transport_options"] = {
+            "visibility_timeout": 8 * 86_400,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+        }
+        conf["broker_connection_timeout"] = 3
+    return conf
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("graft")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache
+def _client() -> Celery:
+    return make_celery()
+
+
+def send(task: str, args: list[Any], queue: str) -> bool:
+    """Publish a task; False (and a log line) if the broker cannot be reached."""
+    try:
+        _client().send_task(task, args=args, queue=queue, retry=True)
+    except Exception:
+        log.exception("could not publish %s%s to the broker", task, args)
+        return False
+    return True
+
+
+def enqueue_job(job_id: str) -> bool:
+    return send(TRAIN_TASK, [job_id], get_settings().queue)
+
+
+def enqueue_ingest(dataset_id: str) -> bool:
+    return send(INGEST_TASK, [dataset_id], INGEST_QUEUE)
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with _client().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,50 @@
+"""SQL for datasets."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session
+
+from app.db.models import Dataset, Job
+from app.repositories.base import Page, paginate
+
+ACTIVE_JOB_STATUSES = ("queued", "running")
+
+
+class DatasetRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, dataset: Dataset) -> Dataset:
+        self.session.add(dataset)
+        self.session.flush()
+        return dataset
+
+    def get(self, dataset_id: str) -> Dataset | None:
+        return self.session.get(Dataset, dataset_id)
+
+    def get_for_team(self, team_id: str, dataset_id: str) -> Dataset | None:
+        stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.team_id == team_id)
+        return self.session.scalars(stmt).first()
+
+    def find_by_sha256(self, team_id: str, sha256: str, kind: str) -> Dataset | None:
+        stmt = select(Dataset).where(
+            Dataset.team_id == team_id,
+            Dataset.sha256 == sha256,
+            Dataset.kind == kind,
+            Dataset.status != "failed",
+        )
+        return self.session.scalars(stmt).first()
+
+    def list_for_team(self, team_id: str, *, limit: int, cursor: str | None) -> Page[Dataset]:
+        stmt = select(Dataset).where(Dataset.team_id == team_id)
+        return paginate(self.session, stmt, Dataset.id, limit=limit, cursor=cursor)
+
+    def used_by_active_job(self, dataset_id: str) -> bool:
+        stmt = select(
+            exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        )
+        return bool(self.session.scalar(stmt))
+
+    def delete(self, dataset_id: str) -> None:
+        self.session.execute(delete(Dataset).where(Dataset.id == dataset_id))

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from app.schemas.common import OutputModel
+
+
+class Artifact(OutputModel):
+    format: str = Field(examples=["safetensors"])
+    file: str = Field(examples=["model.safetensors"])
+    size_bytes: int
+    sha256: str
+    report: dict[str, Any] | None = Field(
+        None, description="Exported variants: accuracy, agreement, latency, within_budget"
+    )
+
+
+class ModelRead(OutputModel):
+    id: str = Field(examples=["mdl_0193a1b2c3d4e5f6a7b8c9d0"])
+    name: str
+    source: Literal["job", "upload"]
+    job_id: str | None
+    architecture: str = Field(examples=["resnet18"])
+    classes: list[str] = Field(examples=[["cat", "dog"]])
+    preprocessing: dict[str, Any]
+    metrics: dict[str, Any]
+    artifacts: list[Artifact]
+    recommended_artifact: str | None
+    created_at: datetime

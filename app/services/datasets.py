@@ -1,0 +1,189 @@
+"""Use cases for datasets: receive an upload, ingest it, list, read, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.models import Dataset, Team
+from app.db.session import after_commit, on_rollback
+from app.errors import AppError, Conflict, NotFound, PayloadTooLarge
+from app.ids import new_id
+from app.queue import enqueue_ingest
+from app.repositories.base import Page
+from app.repositories.datasets import DatasetRepository
+from app.services.ingest import IngestLimits, IngestReport, ingest
+from app.services.layout import Kind
+from app.storage import CHUNK, Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upload:
+    path: Path
+    size: int
+    sha256: str
+
+
+def receive_upload(src: IO[bytes], storage: Storage, max_bytes: int) -> Upload:
+    """Copy an uploaded file into the store in chunks, hashing and counting as it goes."""
+    fd_path = storage.tmp_dir() / f"upload-{new_id('up')}"
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with fd_path.open("xb") as out:
+            while chunk := src.read(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise upload_too_large(max_bytes)
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        fd_path.unlink(missing_ok=True)
+        raise
+    return Upload(path=fd_path, size=size, sha256=digest.hexdigest())
+
+
+def upload_too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The upload is larger than the limit of {max_bytes} bytes (GRAFT_MAX_UPLOAD_BYTES).",
+        code="upload_too_large",
+        param="file",
+    )
+
+
+def ingest_limits(settings: Settings) -> IngestLimits:
+    return IngestLimits()
+
+
+def create_dataset(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    team: Team,
+    *,
+    name: str,
+    kind: Kind,
+    upload: Upload,
+) -> tuple[Dataset, bool]:
+    """Returns the dataset and whether it is new (False: the same archive was known)."""
+    repo = DatasetRepository(session)
+    existing = repo.find_by_sha256(team.id, upload.sha256, kind)
+    if existing is not None:
+        upload.path.unlink(missing_ok=True)
+        return existing, False
+    dataset = Dataset(
+        id=new_id("ds"),
+        team_id=team.id,
+        name=name,
+        kind=kind,
+        status="processing",
+        num_images=0,
+        classes=[],
+        splits=None,
+        rejected=[],
+        warnings=[],
+        sha256=upload.sha256,
+        size_bytes=upload.size,
+        created_at=utcnow(),
+    )
+    if upload.size <= settings.inline_ingest_bytes:
+        try:
+            report = ingest(
+                upload.path,
+                storage.dataset_dir(dataset.id),
+                kind=kind,
+                limits=ingest_limits(settings),
+            )
+        finally:
+            upload.path.unlink(missing_ok=True)
+        apply_report(dataset, report)
+        repo.add(dataset)
+        # If the row does not commit, the files it would point at must go too.
+        on_rollback(session, lambda: storage.remove_tree(storage.dataset_dir(dataset.id)))
+        return dataset, True
+    archive = pending_archive(storage, dataset.id)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(upload.path, archive)
+    repo.add(dataset)
+    after_commit(session, lambda: _enqueue_ingest(dataset.id))
+    return dataset, True
+
+
+def _enqueue_ingest(dataset_id: str) -> None:
+    if not enqueue_ingest(dataset_id):
+        log.warning("dataset %s waits for the dispatcher: broker unreachable", dataset_id)
+
+
+def pending_archive(storage: Storage, dataset_id: str) -> Path:
+    return storage.root / "uploads" / f"{dataset_id}.archive"
+
+
+def ingest_pending(session: Session, storage: Storage, settings: Settings, dataset_id: str) -> None:
+    """Ingest an archive that was too large to ingest in the request (runs in the worker)."""
+    repo = DatasetRepository(session)
+    dataset = repo.get(dataset_id)
+    archive = pending_archive(storage, dataset_id)
+    if dataset is None or dataset.status != "processing":
+        return
+    dest = storage.dataset_dir(dataset_id)
+    if dest.exists():  # a previous attempt finished the files but not the row
+        shutil.rmtree(dest)
+    try:
+        report = ingest(
+            archive, dest, kind=cast(Kind, dataset.kind), limits=ingest_limits(settings)
+        )
+    except AppError as exc:
+        dataset.status = "failed"
+        dataset.error = {"code": exc.code, "message": exc.message, "param": exc.param}
+    else:
+        apply_report(dataset, report)
+    archive.unlink(missing_ok=True)
+
+
+def apply_report(dataset: Dataset, report: IngestReport) -> None:
+    data: dict[str, Any] = report.to_dict()
+    dataset.status = "ready"
+    dataset.num_images = int(data["num_images"])
+    dataset.classes = list(data["classes"])
+    dataset.splits = data.get("splits")
+    dataset.rejected = list(data["rejected"])
+    dataset.warnings = list(data["warnings"])
+
+
+def get_dataset(session: Session, team: Team, dataset_id: str) -> Dataset:
+    dataset = DatasetRepository(session).get_for_team(team.id, dataset_id)
+    if dataset is None:
+        raise NotFound(
+            f"No dataset {dataset_id} in this team.", code="dataset_not_found", param="dataset_id"
+        )
+    return dataset
+
+
+def list_datasets(session: Session, team: Team, *, limit: int, cursor: str | None) -> Page[Dataset]:
+    return DatasetRepository(session).list_for_team(team.id, limit=limit, cursor=cursor)
+
+
+def delete_dataset(session: Session, storage: Storage, team: Team, dataset_id: str) -> None:
+    dataset = get_dataset(session, team, dataset_id)
+    repo = DatasetRepository(session)
+    if repo.used_by_active_job(dataset.id):
+        raise Conflict(
+            f"Dataset {dataset_id} is used by a queued or running job; cancel it first.",
+            code="dataset_in_use",
+            param="dataset_id",
+        )
+    repo.delete(dataset.id)
+    after_commit(session, lambda: storage.remove_tree(storage.dataset_dir(dataset_id)))

@@ -1,0 +1,178 @@
+"""Use cases for jobs: create (validate, commit, then enqueue), read, list, cancel."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from app.architectures import ARCHITECTURES, Architecture
+from app.db.base import utcnow
+from app.db.models import Job, JobEvent, Model, Team
+from app.db.session import after_commit
+from app.errors import Conflict, InvalidInput, NotFound
+from app.ids import new_id
+from app.queue import enqueue_job
+from app.repositories.base import Page
+from app.repositories.datasets import DatasetRepository
+from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
+from app.repositories.models import ModelRepository
+from app.schemas.jobs import JobCreate
+
+log = logging.getLogger(__name__)
+
+
+def resolve_base_model(
+    session: Session, team: Team, base_model: str
+) -> tuple[Architecture, Model | None]:
+    """A registry name, or one of the team's models to continue from."""
+    if base_model.startswith("mdl_"):
+        model = ModelRepository(session).get_for_team(team.id, base_model)
+        if model is None:
+            raise NotFound(
+                f"No model {base_model} in this team.", code="model_not_found", param="base_model"
+            )
+        return ARCHITECTURES[model.architecture], model
+    arch = ARCHITECTURES.get(base_model)
+    if arch is None:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise InvalidInput(
+            f"Unknown base_model {base_model!r}: use one of {known}, or a model id (mdl_…).",
+            code="unknown_base_model",
+            param="base_model",
+        )
+    return arch, None
+
+
+def _check_spec(spec: JobCreate, arch: Architecture, from_model: Model | None) -> None:
+    hp = spec.hyperparameters
+    if spec.strategy == "partial":
+        if spec.unfreeze_last is None:
+            raise InvalidInput(
+                "strategy `partial` needs `unfreeze_last` (how many backbone blocks train).",
+                param="unfreeze_last",
+            )
+        if spec.unfreeze_last > arch.num_blocks:
+            raise InvalidInput(
+                f"{arch.name} has {arch.num_blocks} blocks; unfreeze_last must be at most that.",
+                param="unfreeze_last",
+            )
+    elif spec.unfreeze_last is not None:
+        raise InvalidInput(
+            "`unfreeze_last` applies to strategy `partial` only.", param="unfreeze_last"
+        )
+    if hp.image_size % arch.size_multiple:
+        raise InvalidInput(
+            f"{arch.name} needs an image_size that is a multiple of {arch.size_multiple}.",
+            param="hyperparameters.image_size",
+        )
+    uses_imagenet = from_model is None and spec.pretrained_weights == "imagenet"
+    if uses_imagenet and arch.size_multiple > 1 and hp.image_size != arch.default_image_size:
+        raise InvalidInput(
+            f"{arch.name}'s ImageNet weights need image_size {arch.default_image_size}.",
+            param="hyperparameters.image_size",
+        )
+    if (
+        from_model is not None
+        and from_model.preprocessing.get("image_size")
+        not in (
+            None,
+            hp.image_size,
+        )
+        and arch.size_multiple > 1
+    ):
+        raise InvalidInput(
+            f"{from_model.id} was trained at image_size {from_model.preprocessing['image_size']}.",
+            param="hyperparameters.image_size",
+        )
+    if hp.warmup_epochs >= hp.epochs and hp.warmup_epochs > 0:
+        raise InvalidInput(
+            "warmup_epochs must be fewer than epochs.", param="hyperparameters.warmup_epochs"
+        )
+
+
+def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
+    dataset = DatasetRepository(session).get_for_team(team.id, spec.dataset_id)
+    if dataset is None:
+        raise NotFound(
+            f"No dataset {spec.dataset_id} in this team.",
+            code="dataset_not_found",
+            param="dataset_id",
+        )
+    if dataset.status != "ready":
+        raise InvalidInput(
+            f"Dataset {dataset.id} is {dataset.status}, not ready.",
+            code="dataset_not_ready",
+            param="dataset_id",
+        )
+    if dataset.kind != "labeled":
+        raise InvalidInput(
+            f"Dataset {dataset.id} is unlabeled; a training job needs a labeled dataset.",
+            code="dataset_not_labeled",
+            param="dataset_id",
+        )
+    arch, from_model = resolve_base_model(session, team, spec.base_model)
+    _check_spec(spec, arch, from_model)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        team_id=team.id,
+        dataset_id=dataset.id,
+        spec=spec.model_dump(mode="json"),
+        status="queued",
+        created_at=now,
+        metrics=[],
+        attempt=0,
+        cancel_requested=False,
+        dispatched_at=now,
+    )
+    repo = JobRepository(session)
+    repo.add(job)
+    repo.add_event(job.id, "job.queued", {"architecture": arch.name})
+    # Only after the commit: a worker must never receive an id it cannot read.
+    after_commit(session, lambda: _enqueue(job.id))
+    return job
+
+
+def _enqueue(job_id: str) -> None:
+    if not enqueue_job(job_id):
+        log.warning("job %s stays queued for the dispatcher: broker unreachable", job_id)
+
+
+def get_job(session: Session, team: Team, job_id: str) -> Job:
+    job = JobRepository(session).get_for_team(team.id, job_id)
+    if job is None:
+        raise NotFound(f"No job {job_id} in this team.", code="job_not_found", param="job_id")
+    return job
+
+
+def list_jobs(
+    session: Session, team: Team, *, status: str | None, limit: int, cursor: str | None
+) -> Page[Job]:
+    return JobRepository(session).list_for_team(team.id, status=status, limit=limit, cursor=cursor)
+
+
+def cancel_job(session: Session, team: Team, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    job = get_job(session, team, job_id)
+    repo = JobRepository(session)
+    if repo.cancel_if_queued(job.id):
+        repo.add_event(job.id, "job.cancelled", {"while": "queued"})
+    elif repo.request_cancel_if_running(job.id):
+        repo.add_event(job.id, "job.cancel_requested", {})
+    else:
+        current = repo.get(job.id)
+        if current is not None and current.status in TERMINAL_STATUSES:
+            raise Conflict(
+                f"Job {job_id} already ended ({current.status}).",
+                code="job_finished",
+                param="job_id",
+            )
+    refreshed = repo.get(job.id)
+    assert refreshed is not None
+    return refreshed
+
+
+def list_events(session: Session, team: Team, job_id: str, *, after_id: int = 0) -> list[JobEvent]:
+    job = get_job(session, team, job_id)
+    return JobRepository(session).events(job.id, after_id=after_id)

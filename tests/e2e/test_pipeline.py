@@ -1,0 +1,240 @@
+"""The whole path with a real `graft worker` process: upload, train, poll, download.
+
+Runs on PostgreSQL + Redis, and once more on the embedded defaults (SQLite and the
+filesystem broker), with the same task code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load
+
+from tests.conftest import (
+    ADMIN_KEY,
+    REDIS_URL,
+    Api,
+    WorkerProcess,
+    configure,
+    digits_images,
+    require_server,
+    wait_for,
+    zip_dataset,
+)
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 16
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    return {
+        "GRAFT_DATA_DIR": str(root / "data"),
+        "GRAFT_ADMIN_KEY": ADMIN_KEY,
+        "GRAFT_QUEUE": f"gpu-test-{uuid.uuid4().hex[:8]}",
+        "GRAFT_HEARTBEAT_SECONDS": "0.5",
+        "GRAFT_LEASE_SECONDS": "30",
+        "GRAFT_ALLOW_WEIGHT_DOWNLOAD": "false",
+        "GRAFT_MODEL_CACHE": str(root / "weights"),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def pg_stack(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    require_server("Redis", "127.0.0.1", 6379)
+    root = tmp_path_factory.mktemp("pg-stack")
+    env = _env(root, GRAFT_DATABASE_URL=pg_server_url, GRAFT_BROKER_URL=REDIS_URL)
+    worker = WorkerProcess(env, root / "worker.log")
+    try:
+        worker.wait_ready()
+        yield env
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def pg_api(pg_stack: dict[str, str], make_api: Callable[[], Api]) -> Api:
+    configure(pg_stack)
+    return make_api()
+
+
+def train_job(api: Api, key: str, dataset_id: str, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "base_model": "resnet18",
+        "pretrained_weights": "none",
+        "strategy": "full",
+        "hyperparameters": {
+            "epochs": 3,
+            "batch_size": 16,
+            "learning_rate": 0.003,
+            "image_size": SIZE,
+            "augmentation": "none",
+        },
+    }
+    spec.update(over)
+    r = api.as_team(key, "POST", "/v1/jobs", json=spec)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def wait_done(api: Api, key: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        job = api.as_team(key, "GET", f"/v1/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return dict(wait_for(done, timeout, f"job {job_id} to finish"))
+
+
+def upload(api: Api, key: str, images: dict[str, Any]) -> dict[str, Any]:
+    files = {"file": ("d.zip", zip_dataset(images), "application/zip")}
+    r = api.as_team(key, "POST", "/v1/datasets", files=files, data={"name": "digits"})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def check_model_matches_report(api: Api, key: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Download the weights, load them into torchvision's own architecture, and recompute
+    the validation accuracy that the job reported."""
+    model_id = job["result"]["model_id"]
+    model = api.as_team(key, "GET", f"/v1/models/{model_id}").json()
+    formats = {a["format"]: a for a in model["artifacts"]}
+    assert {"safetensors", "metadata"} <= set(formats)
+    raw = api.as_team(key, "GET", f"/v1/models/{model_id}/artifacts/safetensors").content
+    assert hashlib.sha256(raw).hexdigest() == formats["safetensors"]["sha256"]
+    meta = api.as_team(key, "GET", f"/v1/models/{model_id}/artifacts/metadata").json()
+    assert meta["architecture"] == "resnet18" and meta["classes"] == model["classes"]
+    net = torchvision.models.resnet18(num_classes=len(meta["classes"]))
+    net.load_state_dict(load(raw))
+    net.eval()
+    prep = meta["preprocessing"]
+    from app.imaging import load_rgb, to_array
+
+    dataset_dir = Path(api_data_dir()) / "datasets" / job["spec"]["dataset_id"]
+    val = meta["validation_set"]
+    x = np.stack(
+        [to_array(load_rgb(str(dataset_dir / p)), prep["image_size"]) for p in val["paths"]]
+    )
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+    t = (t - torch.tensor(prep["mean"]).view(1, 3, 1, 1)) / torch.tensor(prep["std"]).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        pred = net(t).argmax(1).numpy()
+    accuracy = float((pred == np.asarray(val["labels"])).mean())
+    assert accuracy == pytest.approx(model["metrics"]["val_accuracy"], abs=1e-9)
+    return dict(model)
+
+
+def api_data_dir() -> str:
+    from app.config import get_settings
+
+    return str(get_settings().resolved_data_dir)
+
+
+def run_pipeline(api: Api) -> tuple[str, dict[str, Any]]:
+    key = api.new_team()
+    ds = upload(api, key, digits_images((0, 1, 2), per_class=40, size=SIZE))
+    job = train_job(api, key, ds["id"])
+    job = wait_done(api, key, job["id"])
+    assert job["status"] == "succeeded", job
+    assert [m["epoch"] for m in job["metrics"]] == [1, 2, 3]
+    for m in job["metrics"]:
+        assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(m)
+    assert job["progress"]["fraction"] == pytest.approx(1.0)
+    assert job["progress"]["total_epochs"] == 3
+    assert job["attempt"] == 1
+    assert job["report"]["best_epoch"] in (1, 2, 3)
+    assert job["metrics"][-1]["train_loss"] < job["metrics"][0]["train_loss"]
+    events = [e["type"] for e in api.as_team(key, "GET", f"/v1/jobs/{job['id']}/events").json()]
+    assert events[0] == "job.queued" and events[1] == "job.running"
+    assert events.count("job.progress") == 3 and events[-1] == "job.succeeded"
+    model = check_model_matches_report(api, key, job)
+    assert model["metrics"]["val_accuracy"] > 0.5  # three digit classes: chance is 1/3
+    return key, job
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_end_to_end_on_postgres_and_redis(pg_api: Api) -> None:
+    run_pipeline(pg_api)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_transfer_from_an_earlier_model(pg_api: Api) -> None:
+    """A job pretrains on digits 0-4; a second job continues from its model on 5-9."""
+    key = pg_api.new_team()
+    source = upload(pg_api, key, digits_images((0, 1, 2, 3, 4), per_class=30, size=SIZE))
+    first = wait_done(pg_api, key, train_job(pg_api, key, source["id"])["id"])
+    assert first["status"] == "succeeded", first
+    target = upload(pg_api, key, digits_images((5, 6, 7), per_class=20, size=SIZE))
+    second = train_job(
+        pg_api, key, target["id"], base_model=first["result"]["model_id"], strategy="linear_probe"
+    )
+    second = wait_done(pg_api, key, second["id"])
+    assert second["status"] == "succeeded", second
+    model = pg_api.as_team(key, "GET", f"/v1/models/{second['result']['model_id']}").json()
+    assert model["architecture"] == "resnet18"
+    assert model["classes"] == ["digit_5", "digit_6", "digit_7"]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_missing_imagenet_weights_fail_clearly(pg_api: Api) -> None:
+    key = pg_api.new_team()
+    ds = upload(pg_api, key, digits_images((0, 1), per_class=10, size=SIZE))
+    job = train_job(pg_api, key, ds["id"], pretrained_weights="imagenet")
+    job = wait_done(pg_api, key, job["id"], timeout=120)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "weights_unavailable"
+    assert "resnet18" in job["error"]["message"]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_cancel_a_running_job(pg_api: Api) -> None:
+    key = pg_api.new_team()
+    ds = upload(pg_api, key, digits_images((0, 1), per_class=30, size=SIZE))
+    job = train_job(
+        pg_api, key, ds["id"], hyperparameters={"epochs": 400, "image_size": SIZE, "batch_size": 8}
+    )
+
+    def running_with_progress() -> bool:
+        j = pg_api.as_team(key, "GET", f"/v1/jobs/{job['id']}").json()
+        return j["status"] == "running" and j["progress"] is not None
+
+    wait_for(running_with_progress, 120, "the job to run")
+    r = pg_api.as_team(key, "POST", f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"] is True
+    done = wait_done(pg_api, key, job["id"], timeout=30)
+    assert done["status"] == "cancelled"
+    assert done["result"] is None
+    events = [e["type"] for e in pg_api.as_team(key, "GET", f"/v1/jobs/{job['id']}/events").json()]
+    assert events[-2:] == ["job.cancel_requested", "job.cancelled"]
+
+
+def test_end_to_end_on_the_embedded_defaults(
+    sqlite_env: dict[str, str],
+    make_api: Callable[[], Api],
+    start_worker: Callable[[dict[str, str]], WorkerProcess],
+) -> None:
+    assert sqlite_env["GRAFT_DATABASE_URL"] == "" and sqlite_env["GRAFT_BROKER_URL"] == ""
+    start_worker(sqlite_env)
+    api = make_api()
+    key, job = run_pipeline(api)
+    data = Path(sqlite_env["GRAFT_DATA_DIR"])
+    assert (data / "graft.db").exists()
+    assert (data / "broker").is_dir()
+    assert job["result"]["model_id"].startswith("mdl_") and key

@@ -1,0 +1,89 @@
+"""The reaper and the dispatcher: a worker-side loop that keeps the queue honest.
+
+- reaper: a running job whose lease expired (its worker died) goes back to the queue,
+  or ends `too_many_attempts` once it used GRAFT_MAX_ATTEMPTS;
+- dispatcher: a queued job that no worker claimed for a while (say the broker was down
+  when it was created) is sent to the broker again. Duplicates are harmless: only one
+  claim can win.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from app.config import Settings, get_settings
+from app.db.base import utcnow
+from app.db.session import session_scope
+from app.queue import enqueue_job
+from app.repositories.jobs import JobRepository
+
+log = logging.getLogger(__name__)
+
+
+def reap(settings: Settings) -> list[str]:
+    """Re-queue or fail jobs whose lease expired; returns the ids re-queued."""
+    now = utcnow()
+    requeued: list[str] = []
+    with session_scope() as session:
+        repo = JobRepository(session)
+        for job in repo.expired_leases(now):
+            if job.attempt >= settings.max_attempts:
+                error = {
+                    "code": "too_many_attempts",
+                    "message": f"The job's worker was lost {job.attempt} times "
+                    f"(GRAFT_MAX_ATTEMPTS={settings.max_attempts}).",
+                }
+                if repo.fail_exhausted(job.id, now, error):
+                    repo.add_event(job.id, "job.failed", error)
+            elif repo.requeue_expired(job.id, now):
+                repo.add_event(
+                    job.id, "job.requeued", {"reason": "lease_expired", "attempt": job.attempt}
+                )
+                requeued.append(job.id)
+    for job_id in requeued:
+        enqueue_job(job_id)
+    return requeued
+
+
+def redispatch(settings: Settings) -> list[str]:
+    """Send again the queued jobs that nobody claimed within redispatch_after_seconds."""
+    now = utcnow()
+    with session_scope() as session:
+        stale = [
+            j.id
+            for j in JobRepository(session).stale_queued(
+                now - timedelta(seconds=settings.redispatch_after_seconds)
+            )
+        ]
+    sent = [job_id for job_id in stale if enqueue_job(job_id)]
+    if sent:
+        with session_scope() as session:
+            repo = JobRepository(session)
+            for job_id in sent:
+                repo.mark_dispatched(job_id, now)
+    return sent
+
+
+def run_once(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    try:
+        reap(settings)
+        redispatch(settings)
+    except Exception:
+        log.exception("maintenance pass failed; will try again")
+
+
+class MaintenanceLoop(threading.Thread):
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="graft-maintenance", daemon=True)
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            run_once()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,450 @@
+"""Glue between a job row and the training engine (the Celery task calls run_job).
+
+It claims the row, turns it into plain inputs for the engine, relays the engine's
+callbacks to rows and events, and writes the outcome only while it holds the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+from sqlalchemy.exc import OperationalError
+
+from app.architectures import ARCHITECTURES, preprocessing
+from app.config import Settings, get_settings
+from app.db.base import utcnow
+from app.db.models import Model
+from app.db.session import session_scope
+from app.repositories.datasets import DatasetRepository
+from app.repositories.jobs import JobRepository
+from app.repositories.models import ModelRepository
+from app.storage import Storage, atomic_writer, describe_file, write_json
+from worker.errors import JobFailed, TransientFailure
+from worker.lease import Heartbeat
+from worker.training import data, engine, registry
+from worker.training.types import (
+    EpochMetrics,
+    FitResult,
+    Hooks,
+    ImageSet,
+    Progress,
+    StopReason,
+    TrainConfig,
+    TrainingStopped,
+)
+
+log = logging.getLogger(__name__)
+
+# Set by the worker's SIGTERM handler: the running job checkpoints and goes back to
+# the queue instead of being lost with the process.
+PREEMPTED = threading.Event()
+
+
+@dataclass
+class Claimed:
+    job_id: str
+    owner: str
+    attempt: int
+    spec: dict[str, Any]
+    dataset_dir: Path
+    base: dict[str, Any] | None  # the model row a job continues from
+    metrics: list[dict[str, Any]]
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_job(job_id: str, settings: Settings | None = None) -> str:
+    """Run one job to its end; returns what happened (for logs and tests)."""
+    settings = settings or get_settings()
+    storage = Storage(settings.resolved_data_dir)
+    claimed = claim(job_id, settings, storage)
+    if claimed is None:
+        return "not_claimed"
+    beat = Heartbeat(job_id, claimed.owner, settings.lease_seconds, settings.heartbeat_seconds)
+    beat.start()
+    try:
+        return _run_claimed(claimed, settings, storage, beat)
+    finally:
+        beat.stop()
+
+
+def claim(job_id: str, settings: Settings, storage: Storage) -> Claimed | None:
+    owner = worker_identity()
+    with session_scope() as session:
+        repo = JobRepository(session)
+        if not repo.claim(job_id, owner, settings.lease_seconds, settings.max_attempts):
+            _fail_if_exhausted(repo, job_id, settings)
+            return None
+        job = repo.get(job_id)
+        assert job is not None
+        base = None
+        if str(job.spec["base_model"]).startswith("mdl_"):
+            row = ModelRepository(session).get(job.spec["base_model"])
+            if row is not None:
+                base = {"id": row.id, "architecture": row.architecture, "classes": row.classes}
+        dataset = DatasetRepository(session).get(job.dataset_id) if job.dataset_id else None
+        resumed = job.last_checkpoint_epoch
+        repo.add_event(
+            job_id,
+            "job.running",
+            {"attempt": job.attempt, "worker": owner, "last_checkpoint_epoch": resumed},
+        )
+        return Claimed(
+            job_id=job_id,
+            owner=owner,
+            attempt=job.attempt,
+            spec=dict(job.spec),
+            dataset_dir=storage.dataset_dir(dataset.id if dataset else "missing"),
+            base=base,
+            metrics=list(job.metrics or []),
+        )
+
+
+def _fail_if_exhausted(repo: JobRepository, job_id: str, settings: Settings) -> None:
+    job = repo.get(job_id)
+    if job is None or job.attempt < settings.max_attempts:
+        return
+    error = {
+        "code": "too_many_attempts",
+        "message": f"The job was attempted {job.attempt} times without finishing "
+        f"(GRAFT_MAX_ATTEMPTS={settings.max_attempts}).",
+    }
+    if repo.fail_exhausted(job_id, utcnow(), error):
+        repo.add_event(job_id, "job.failed", error)
+
+
+def _run_claimed(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat) -> str:
+    try:
+        result, cfg, classes, val, model = _train(claimed, settings, storage, beat)
+        _publish(claimed, settings, storage, result, cfg, classes, model, val)
+    except TrainingStopped as stop:
+        return _stopped(claimed, stop)
+    except JobFailed as exc:
+        _finish(claimed, "failed", error={"code": exc.code, "message": exc.message})
+        return "failed"
+    except (TransientFailure, OperationalError, torch.OutOfMemoryError, MemoryError) as exc:
+        # Give the job back at once rather than waiting for the lease to expire.
+        log.warning("job %s hit a transient failure: %s", claimed.job_id, exc)
+        _requeue(claimed, "job.retrying", {"reason": f"{type(exc).__name__}: {exc}"}, count=True)
+        return "retrying"
+    except Exception as exc:
+        log.exception("job %s failed", claimed.job_id)
+        _finish(
+            claimed,
+            "failed",
+            error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
+        )
+        return "failed"
+    return "succeeded"
+
+
+def train_config(spec: dict[str, Any], architecture: str, num_classes: int) -> TrainConfig:
+    arch = ARCHITECTURES[architecture]
+    names = {f.name for f in fields(TrainConfig)}
+    hp = {k: v for k, v in spec.get("hyperparameters", {}).items() if k in names}
+    return TrainConfig(
+        architecture=architecture,
+        num_classes=num_classes,
+        strategy=spec.get("strategy", "linear_probe"),
+        unfreeze_last=spec.get("unfreeze_last"),
+        mean=arch.mean,
+        std=arch.std,
+        **hp,
+    )
+
+
+def _build_model(
+    claimed: Claimed, settings: Settings, storage: Storage, cfg: TrainConfig
+) -> torch.nn.Module:
+    if claimed.base is not None:
+        weights_path = storage.model_dir(claimed.base["id"]) / "model.safetensors"
+        try:
+            state = load_file(str(weights_path))
+            model = registry.build_from_state(
+                cfg.architecture, len(claimed.base["classes"]), state, cfg.image_size
+            )
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise JobFailed(
+                "incompatible_weights",
+                f"the weights of {claimed.base['id']} do not fit {cfg.architecture}: {exc}",
+            ) from exc
+        return registry.replace_head(model, cfg.architecture, cfg.num_classes)
+    try:
+        return registry.build_model(
+            cfg.architecture,
+            cfg.num_classes,
+            weights=claimed.spec.get("pretrained_weights", "imagenet"),
+            cache_dir=settings.weights_cache,
+            image_size=cfg.image_size,
+            allow_download=settings.allow_weight_download,
+        )
+    except registry.WeightsUnavailable as exc:
+        raise JobFailed("weights_unavailable", str(exc)) from exc
+
+
+def _train(
+    claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat
+) -> tuple[FitResult, TrainConfig, list[str], ImageSet, torch.nn.Module]:
+    spec = claimed.spec
+    hp = spec.get("hyperparameters", {})
+    architecture = claimed.base["architecture"] if claimed.base else spec["base_model"]
+    try:
+        train, val, classes = data.image_sets(
+            claimed.dataset_dir,
+            int(hp.get("image_size", 224)),
+            float(spec["validation_split"]),
+            int(hp.get("seed", 0)),
+        )
+    except data.DatasetError as exc:
+        raise JobFailed("dataset_unusable", str(exc)) from exc
+    cfg = train_config(spec, architecture, len(classes))
+    model = _build_model(claimed, settings, storage, cfg)
+    _record_validation_set(claimed, storage, val)
+    hooks = _hooks(claimed, beat)
+    device = engine.select_device()
+    result = engine.fit(
+        model, cfg, train, val, classes, hooks, storage.job_dir(claimed.job_id), device
+    )
+    model.load_state_dict(result.state_dict)
+    return result, cfg, classes, val, model
+
+
+def _record_validation_set(claimed: Claimed, storage: Storage, val: ImageSet) -> None:
+    """Which images the job validated on, so a team can reproduce its numbers."""
+    path = storage.job_dir(claimed.job_id) / "validation_set.json"
+    if not path.exists():
+        write_json(path, {"paths": val.paths, "labels": [int(x) for x in val.labels]})
+
+
+def _hooks(claimed: Claimed, beat: Heartbeat) -> Hooks:
+    state = {"last_progress": 0.0}
+    metrics = claimed.metrics
+
+    def should_stop() -> StopReason | None:
+        if beat.cancelled.is_set():
+            return "cancelled"
+        if beat.lease_lost.is_set():
+            return "lease_lost"
+        if PREEMPTED.is_set():
+            return "preempted"
+        return None
+
+    def on_progress(p: Progress) -> None:
+        now = time.monotonic()
+        if now - state["last_progress"] < 1.0 and p.step < p.steps_per_epoch:
+            return
+        state["last_progress"] = now
+        _write(claimed, progress=_progress_dict(p))
+
+    def on_epoch_end(m: EpochMetrics) -> None:
+        metrics[:] = [x for x in metrics if x["epoch"] < m.epoch] + [m.as_dict()]
+        _write(
+            claimed,
+            metrics=list(metrics),
+            last_checkpoint_epoch=m.epoch,
+            event=("job.progress", {"metrics": m.as_dict()}),
+        )
+
+    def on_event(kind: str, payload: dict[str, Any]) -> None:
+        _write(claimed, event=(f"job.{kind}", payload))
+
+    return Hooks(
+        on_progress=on_progress,
+        on_epoch_end=on_epoch_end,
+        should_stop=should_stop,
+        on_event=on_event,
+    )
+
+
+def _progress_dict(p: Progress) -> dict[str, Any]:
+    return {
+        "epoch": p.epoch,
+        "total_epochs": p.total_epochs,
+        "step": p.step,
+        "steps_per_epoch": p.steps_per_epoch,
+        "fraction": round(p.fraction, 4),
+        "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
+        "images_per_second": None if p.images_per_second is None else round(p.images_per_second, 1),
+        "learning_rate": p.learning_rate,
+    }
+
+
+def _write(
+    claimed: Claimed, event: tuple[str, dict[str, Any]] | None = None, **values: Any
+) -> None:
+    """Update the running job while we hold its lease; record an event with it."""
+    with session_scope() as session:
+        repo = JobRepository(session)
+        held = repo.update_held(claimed.job_id, claimed.owner, **values) if values else True
+        if held and event is not None:
+            repo.add_event(claimed.job_id, *event)
+
+
+def model_id_for(job_id: str) -> str:
+    # One model per job, named after it: a retried job rewrites the same files.
+    return "mdl_" + job_id.removeprefix("job_")
+
+
+def _publish(
+    claimed: Claimed,
+    settings: Settings,
+    storage: Storage,
+    result: FitResult,
+    cfg: TrainConfig,
+    classes: list[str],
+    model: torch.nn.Module,
+    val: ImageSet,
+) -> None:
+    model_id = model_id_for(claimed.job_id)
+    directory = storage.model_dir(model_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / "model.safetensors"
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in result.state_dict.items()}
+    with atomic_writer(weights) as fh:
+        fh.write(
+            save(tensors, metadata={"architecture": cfg.architecture, "job_id": claimed.job_id})
+        )
+    best = next(m for m in result.history if m.epoch == result.best_epoch)
+    model_metrics = {
+        "best_epoch": result.best_epoch,
+        "val_accuracy": best.val_accuracy,
+        "val_loss": best.val_loss,
+        "train_accuracy": best.train_accuracy,
+        "train_loss": best.train_loss,
+        "stopped_early": result.stopped_early,
+    }
+    prep = preprocessing(ARCHITECTURES[cfg.architecture], cfg.image_size)
+    metadata = {
+        "model_id": model_id,
+        "job_id": claimed.job_id,
+        "architecture": cfg.architecture,
+        "classes": classes,
+        "num_classes": len(classes),
+        "preprocessing": prep,
+        "metrics": model_metrics,
+        "report": result.report,
+        "spec": claimed.spec,
+        "validation_set": {"paths": val.paths, "labels": [int(x) for x in val.labels]},
+        "load": "model = torchvision.models.<architecture>(num_classes=num_classes); "
+        "model.load_state_dict(safetensors.torch.load_file('model.safetensors'))",
+    }
+    write_json(directory / "metadata.json", metadata)
+    artifacts = [
+        describe_file(weights, "safetensors"),
+        describe_file(directory / "metadata.json", "metadata"),
+    ]
+    report = {"best_epoch": result.best_epoch, **result.report}
+    with session_scope() as session:
+        repo = JobRepository(session)
+        models = ModelRepository(session)
+        if models.get(model_id) is None:
+            models.add(
+                Model(
+                    id=model_id,
+                    team_id=_team_of(session, claimed.job_id),
+                    job_id=claimed.job_id,
+                    name=f"{cfg.architecture} from {claimed.job_id}",
+                    source="job",
+                    architecture=cfg.architecture,
+                    classes=classes,
+                    preprocessing=prep,
+                    metrics={**model_metrics, "report": result.report},
+                    artifacts=artifacts,
+                    created_at=utcnow(),
+                )
+            )
+        done = repo.update_held(
+            claimed.job_id,
+            claimed.owner,
+            status="succeeded",
+            finished_at=utcnow(),
+            result_model_id=model_id,
+            report=report,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        if not done:
+            # Someone else owns the job now: undo the model row with the transaction.
+            raise TrainingStopped("lease_lost", result.best_epoch, 0)
+        repo.add_event(
+            claimed.job_id, "job.succeeded", {"model_id": model_id, "best_epoch": result.best_epoch}
+        )
+
+
+def _team_of(session: Any, job_id: str) -> str:
+    job = JobRepository(session).get(job_id)
+    assert job is not None
+    return job.team_id
+
+
+def _finish(claimed: Claimed, status: str, *, error: dict[str, Any] | None = None) -> None:
+    with session_scope() as session:
+        repo = JobRepository(session)
+        values: dict[str, Any] = {
+            "status": status,
+            "finished_at": utcnow(),
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if error is not None:
+            values["error"] = error
+        if repo.update_held(claimed.job_id, claimed.owner, **values):
+            repo.add_event(claimed.job_id, f"job.{status}", error or {})
+
+
+def _requeue(claimed: Claimed, event: str, payload: dict[str, Any], *, count: bool) -> None:
+    """Hand the job back to the queue (it is re-sent by the dispatcher or redelivered)."""
+    from app.queue import enqueue_job
+
+    with session_scope() as session:
+        repo = JobRepository(session)
+        values: dict[str, Any] = {
+            "status": "queued",
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "dispatched_at": utcnow(),
+        }
+        if not count:
+            # A pre-emption is not the job's fault: it does not use up an attempt.
+            values["attempt"] = max(claimed.attempt - 1, 0)
+        if not repo.update_held(claimed.job_id, claimed.owner, **values):
+            return
+        repo.add_event(claimed.job_id, event, payload)
+    enqueue_job(claimed.job_id)
+
+
+def _stopped(claimed: Claimed, stop: TrainingStopped) -> str:
+    if stop.reason == "cancelled":
+        _finish(claimed, "cancelled")
+        return "cancelled"
+    if stop.reason == "preempted":
+        _requeue(claimed, "job.preempted", {"epoch": stop.epoch, "step": stop.step}, count=False)
+        return "preempted"
+    # lease_lost: another worker owns the job now; write nothing.
+    log.warning("job %s: lease lost, stopping", claimed.job_id)
+    return "lease_lost"
+
+
+def install_sigterm_handler() -> None:
+    """SIGTERM (a deploy, a pre-emption): let the running job checkpoint and requeue."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        PREEMPTED.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)

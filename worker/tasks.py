@@ -1,0 +1,24 @@
+"""Celery tasks: thin wrappers that carry only an id (the row holds the rest)."""
+
+from __future__ import annotations
+
+from app.config import get_settings
+from app.db.session import session_scope
+from app.queue import INGEST_TASK, TRAIN_TASK
+from app.services.datasets import ingest_pending
+from app.storage import Storage
+from worker.celery_app import app
+
+
+@app.task(name=TRAIN_TASK)
+def train(job_id: str) -> str:
+    from worker.runner import run_job  # torch loads here, in the worker only
+
+    return run_job(job_id)
+
+
+@app.task(name=INGEST_TASK)
+def ingest(dataset_id: str) -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        ingest_pending(session, Storage(settings.resolved_data_dir), settings, dataset_id)
