@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     redispatch_after_seconds: float = 120.0
     reaper_interval_seconds: float = 30.0
 
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 8
+    # Retry n waits webhook_backoff_seconds x 2^(n-1), at most 10 minutes.
+    webhook_backoff_seconds: float = 2.0
+
     max_predict_images: int = 32
     max_predict_image_bytes: int = 20 * 1024**2
 

@@ -124,7 +124,7 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     with get_engine(pg_server_url).begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE job_events, jobs, models, datasets, idempotency_keys, "
+                "TRUNCATE webhook_deliveries, job_events, jobs, models, datasets, idempotency_keys, "
                 "api_keys, teams CASCADE"
             )
         )

@@ -18,10 +18,11 @@ _maintenance: list[Any] = []
 @signals.worker_ready.connect
 def _start_maintenance(**_: Any) -> None:
     from worker.maintenance import MaintenanceLoop
+    from worker.webhooks import WebhookSender
 
-    loop = MaintenanceLoop(get_settings().reaper_interval_seconds)
-    loop.start()
-    _maintenance.append(loop)
+    for thread in (MaintenanceLoop(get_settings().reaper_interval_seconds), WebhookSender()):
+        thread.start()
+        _maintenance.append(thread)
 
 
 @signals.worker_shutting_down.connect

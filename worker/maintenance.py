@@ -18,6 +18,7 @@ from app.db.base import utcnow
 from app.db.session import session_scope
 from app.queue import enqueue_job
 from app.repositories.jobs import JobRepository
+from app.services.events import record_event
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,13 @@ def reap(settings: Settings) -> list[str]:
                     f"(GRAFT_MAX_ATTEMPTS={settings.max_attempts}).",
                 }
                 if repo.fail_exhausted(job.id, now, error):
-                    repo.add_event(job.id, "job.failed", error)
+                    record_event(repo.session, job.id, "job.failed", error)
             elif repo.requeue_expired(job.id, now):
-                repo.add_event(
-                    job.id, "job.requeued", {"reason": "lease_expired", "attempt": job.attempt}
+                record_event(
+                    repo.session,
+                    job.id,
+                    "job.requeued",
+                    {"reason": "lease_expired", "attempt": job.attempt},
                 )
                 requeued.append(job.id)
     for job_id in requeued:

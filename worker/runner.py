@@ -29,6 +29,7 @@ from app.db.session import session_scope
 from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
+from app.services.events import record_event
 from app.storage import Storage, atomic_writer, describe_file, write_json
 from worker.errors import JobFailed, TransientFailure
 from worker.lease import Heartbeat
@@ -97,7 +98,8 @@ def claim(job_id: str, settings: Settings, storage: Storage) -> Claimed | None:
                 base = {"id": row.id, "architecture": row.architecture, "classes": row.classes}
         dataset = DatasetRepository(session).get(job.dataset_id) if job.dataset_id else None
         resumed = job.last_checkpoint_epoch
-        repo.add_event(
+        record_event(
+            repo.session,
             job_id,
             "job.running",
             {"attempt": job.attempt, "worker": owner, "last_checkpoint_epoch": resumed},
@@ -123,7 +125,7 @@ def _fail_if_exhausted(repo: JobRepository, job_id: str, settings: Settings) -> 
         f"(GRAFT_MAX_ATTEMPTS={settings.max_attempts}).",
     }
     if repo.fail_exhausted(job_id, utcnow(), error):
-        repo.add_event(job_id, "job.failed", error)
+        record_event(repo.session, job_id, "job.failed", error)
 
 
 def _run_claimed(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat) -> str:
@@ -290,7 +292,7 @@ def _write(
         repo = JobRepository(session)
         held = repo.update_held(claimed.job_id, claimed.owner, **values) if values else True
         if held and event is not None:
-            repo.add_event(claimed.job_id, *event)
+            record_event(repo.session, claimed.job_id, *event)
 
 
 def model_id_for(job_id: str) -> str:
@@ -379,8 +381,11 @@ def _publish(
         if not done:
             # Someone else owns the job now: undo the model row with the transaction.
             raise TrainingStopped("lease_lost", result.best_epoch, 0)
-        repo.add_event(
-            claimed.job_id, "job.succeeded", {"model_id": model_id, "best_epoch": result.best_epoch}
+        record_event(
+            repo.session,
+            claimed.job_id,
+            "job.succeeded",
+            {"model_id": model_id, "best_epoch": result.best_epoch},
         )
 
 
@@ -402,7 +407,7 @@ def _finish(claimed: Claimed, status: str, *, error: dict[str, Any] | None = Non
         if error is not None:
             values["error"] = error
         if repo.update_held(claimed.job_id, claimed.owner, **values):
-            repo.add_event(claimed.job_id, f"job.{status}", error or {})
+            record_event(repo.session, claimed.job_id, f"job.{status}", error or {})
 
 
 def _requeue(claimed: Claimed, event: str, payload: dict[str, Any], *, count: bool) -> None:
@@ -422,7 +427,7 @@ def _requeue(claimed: Claimed, event: str, payload: dict[str, Any], *, count: bo
             values["attempt"] = max(claimed.attempt - 1, 0)
         if not repo.update_held(claimed.job_id, claimed.owner, **values):
             return
-        repo.add_event(claimed.job_id, event, payload)
+        record_event(repo.session, claimed.job_id, event, payload)
     enqueue_job(claimed.job_id)
 
 

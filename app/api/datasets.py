@@ -4,7 +4,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 
-from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
+from app.api.deps import (
+    CurrentTeam,
+    Cursor,
+    IdempotencyKeyHeader,
+    Limit,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+)
 from app.schemas.common import ERROR_RESPONSES, PageOf
 from app.schemas.datasets import DatasetRead
 from app.services import datasets as service
@@ -28,6 +36,7 @@ def create_dataset(
     file: Annotated[UploadFile, File(description="A zip or tar.gz of class folders")],
     name: Annotated[str | None, Form(max_length=200)] = None,
     kind: Annotated[Literal["labeled", "unlabeled"], Form()] = "labeled",
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> DatasetRead:
     """Upload an image dataset. Small archives are ingested before the answer; large ones
     answer at once with status `processing`."""
@@ -35,7 +44,7 @@ def create_dataset(
     if declared > settings.max_upload_bytes + 1024 * 1024:  # multipart framing allowance
         raise service.upload_too_large(settings.max_upload_bytes)
     upload = service.receive_upload(file.file, storage, settings.max_upload_bytes)
-    dataset, created = service.create_dataset(
+    dataset, created = service.create_dataset_idempotent(
         session,
         storage,
         settings,
@@ -43,6 +52,7 @@ def create_dataset(
         name=name or (file.filename or "dataset"),
         kind=kind,
         upload=upload,
+        idempotency_key=idempotency_key,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -49,5 +49,9 @@ def admin(settings: SettingsDep, token: TokenDep) -> None:
 
 CurrentTeam = Annotated[Team, Depends(current_team)]
 AdminDep = Annotated[None, Depends(admin)]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Retry-safe creation: same key, same object"),
+]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
 Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
 
-from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep
+from app.api.deps import CurrentTeam, Cursor, IdempotencyKeyHeader, Limit, SessionDep
 from app.db.models import Job
 from app.schemas.common import ERROR_RESPONSES, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
@@ -33,10 +35,25 @@ def to_read(job: Job) -> JobRead:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
-def create_job(body: JobCreate, session: SessionDep, team: CurrentTeam) -> JobRead:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobRead,
+    responses={200: {"model": JobRead, "description": "Replay of an Idempotency-Key"}},
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    team: CurrentTeam,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobRead:
     """Create a fine-tuning job; it is queued, then picked up by a worker."""
-    return to_read(service.create_job(session, team, body))
+    job, created = service.create_job_idempotent(session, team, body, idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return to_read(job)
 
 
 @router.get("", response_model=PageOf[JobRead])
@@ -64,15 +81,41 @@ def cancel_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
     return to_read(service.cancel_job(session, team, job_id))
 
 
-@router.get("/{job_id}/events", response_model=list[JobEventRead])
+@router.get(
+    "/{job_id}/events",
+    response_model=list[JobEventRead],
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 def list_events(
     job_id: str,
     session: SessionDep,
     team: CurrentTeam,
     after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
-) -> list[JobEventRead]:
-    """What happened to a job, oldest first."""
-    return [
-        JobEventRead.model_validate(e)
-        for e in service.list_events(session, team, job_id, after_id=after)
-    ]
+    accept: Annotated[str, Header()] = "application/json",
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+) -> Any:
+    """What happened to a job, oldest first. With `Accept: text/event-stream`, a live
+    Server-Sent Events stream that ends after the job's final event; reconnect with
+    `Last-Event-ID` to resume."""
+    if "text/event-stream" not in accept:
+        return [
+            JobEventRead.model_validate(e)
+            for e in service.list_events(session, team, job_id, after_id=after)
+        ]
+    job = service.get_job(session, team, job_id)
+    start = last_event_id if last_event_id is not None else after
+    return StreamingResponse(
+        _sse(job.id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(job_id: str, after_id: int) -> Iterator[str]:
+    yield "retry: 2000\n\n"
+    for event in service.follow_events(job_id, after_id=after_id):
+        if event is None:
+            yield ": keepalive\n\n"
+            continue
+        data = JobEventRead.model_validate(event).model_dump_json()
+        yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"

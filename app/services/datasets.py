@@ -21,6 +21,7 @@ from app.ids import new_id
 from app.queue import enqueue_ingest
 from app.repositories.base import Page
 from app.repositories.datasets import DatasetRepository
+from app.services.idempotency import idempotent, request_hash
 from app.services.ingest import IngestLimits, IngestReport, ingest
 from app.services.layout import Kind
 from app.storage import CHUNK, Storage
@@ -66,6 +67,44 @@ def upload_too_large(max_bytes: int) -> PayloadTooLarge:
 
 def ingest_limits(settings: Settings) -> IngestLimits:
     return IngestLimits()
+
+
+def create_dataset_idempotent(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    team: Team,
+    *,
+    name: str,
+    kind: Kind,
+    upload: Upload,
+    idempotency_key: str | None,
+) -> tuple[Dataset, bool]:
+    """create_dataset, once per Idempotency-Key; returns the dataset and whether it is new."""
+    repo = DatasetRepository(session)
+    # A known archive (same sha256) is not new either, with or without a key.
+    new_archive = [True]
+
+    def create() -> Dataset:
+        dataset, new_archive[0] = create_dataset(
+            session, storage, settings, team, name=name, kind=kind, upload=upload
+        )
+        return dataset
+
+    try:
+        dataset, created = idempotent(
+            session,
+            team_id=team.id,
+            scope="datasets.create",
+            key=idempotency_key,
+            fingerprint=request_hash({"sha256": upload.sha256, "name": name, "kind": kind}),
+            load=lambda dataset_id: repo.get_for_team(team.id, dataset_id),
+            create=create,
+            id_of=lambda d: d.id,
+        )
+    finally:
+        upload.path.unlink(missing_ok=True)
+    return dataset, created and new_archive[0]
 
 
 def create_dataset(

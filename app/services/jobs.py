@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
 from app.architectures import ARCHITECTURES, Architecture
 from app.db.base import utcnow
 from app.db.models import Job, JobEvent, Model, Team
-from app.db.session import after_commit
+from app.db.session import after_commit, session_scope
 from app.errors import Conflict, InvalidInput, NotFound
 from app.ids import new_id
 from app.queue import enqueue_job
@@ -18,6 +20,8 @@ from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.repositories.models import ModelRepository
 from app.schemas.jobs import JobCreate
+from app.services.events import record_event
+from app.services.idempotency import idempotent, request_hash
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,23 @@ def _check_spec(spec: JobCreate, arch: Architecture, from_model: Model | None) -
         )
 
 
+def create_job_idempotent(
+    session: Session, team: Team, spec: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """create_job, once per Idempotency-Key; returns the job and whether it is new."""
+    repo = JobRepository(session)
+    return idempotent(
+        session,
+        team_id=team.id,
+        scope="jobs.create",
+        key=idempotency_key,
+        fingerprint=request_hash(spec.model_dump(mode="json")),
+        load=lambda job_id: repo.get_for_team(team.id, job_id),
+        create=lambda: create_job(session, team, spec),
+        id_of=lambda job: job.id,
+    )
+
+
 def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     dataset = DatasetRepository(session).get_for_team(team.id, spec.dataset_id)
     if dataset is None:
@@ -128,7 +149,7 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     )
     repo = JobRepository(session)
     repo.add(job)
-    repo.add_event(job.id, "job.queued", {"architecture": arch.name})
+    record_event(repo.session, job.id, "job.queued", {"architecture": arch.name})
     # Only after the commit: a worker must never receive an id it cannot read.
     after_commit(session, lambda: _enqueue(job.id))
     return job
@@ -157,9 +178,9 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     job = get_job(session, team, job_id)
     repo = JobRepository(session)
     if repo.cancel_if_queued(job.id):
-        repo.add_event(job.id, "job.cancelled", {"while": "queued"})
+        record_event(repo.session, job.id, "job.cancelled", {"while": "queued"})
     elif repo.request_cancel_if_running(job.id):
-        repo.add_event(job.id, "job.cancel_requested", {})
+        record_event(repo.session, job.id, "job.cancel_requested", {})
     else:
         current = repo.get(job.id)
         if current is not None and current.status in TERMINAL_STATUSES:
@@ -171,6 +192,33 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     refreshed = repo.get(job.id)
     assert refreshed is not None
     return refreshed
+
+
+def follow_events(
+    job_id: str, *, after_id: int, poll_seconds: float = 0.5, keepalive_seconds: float = 15.0
+) -> Iterator[JobEvent | None]:
+    """Events as they are written, until the job has ended and all were sent.
+
+    Yields None when nothing happened for keepalive_seconds (the caller sends a comment
+    so proxies keep the connection). Each poll is its own short transaction.
+    """
+    last, quiet = after_id, 0.0
+    while True:
+        with session_scope() as session:
+            repo = JobRepository(session)
+            events = repo.events(job_id, after_id=last)
+            job = repo.get(job_id)
+        yield from events
+        if events:
+            last, quiet = events[-1].id, 0.0
+        elif job is None or job.status in TERMINAL_STATUSES:
+            return
+        else:
+            quiet += poll_seconds
+            if quiet >= keepalive_seconds:
+                quiet = 0.0
+                yield None
+        time.sleep(poll_seconds if not events else 0)
 
 
 def list_events(session: Session, team: Team, job_id: str, *, after_id: int = 0) -> list[JobEvent]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 00:20:19.808794
+Create Date: 2026-11-28 00:29:07.843488
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("team_id", sa.String(length=40), nullable=False),
-        sa.Column("dataset_id", sa.String(length=40), nullable=False),
+        sa.Column("dataset_id", sa.String(length=40), nullable=True),
         sa.Column(
             "spec",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -188,7 +188,10 @@ def upgrade() -> None:
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["dataset_id"], ["datasets.id"], name=op.f("fk_jobs_dataset_id_datasets")
+            ["dataset_id"],
+            ["datasets.id"],
+            name=op.f("fk_jobs_dataset_id_datasets"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["team_id"], ["teams.id"], name=op.f("fk_jobs_team_id_teams"), ondelete="CASCADE"
@@ -220,8 +223,45 @@ def upgrade() -> None:
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_job_events_job_id"), ["job_id"], unique=False)
 
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("job_id", sa.String(length=40), nullable=False),
+        sa.Column("event_id", sa.Integer(), nullable=False),
+        sa.Column("event_type", sa.String(length=60), nullable=False),
+        sa.Column("url", sa.String(length=2000), nullable=False),
+        sa.Column(
+            "payload",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.String(length=500), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["job_id"],
+            ["jobs.id"],
+            name=op.f("fk_webhook_deliveries_job_id_jobs"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
+    )
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_webhook_deliveries_job_id"), ["job_id"], unique=False)
+        batch_op.create_index(
+            "ix_webhook_deliveries_status_next", ["status", "next_attempt_at"], unique=False
+        )
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_webhook_deliveries_status_next")
+        batch_op.drop_index(batch_op.f("ix_webhook_deliveries_job_id"))
+
+    op.drop_table("webhook_deliveries")
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_job_events_job_id"))
 

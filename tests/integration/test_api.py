@@ -174,7 +174,7 @@ def test_bad_job_specs_name_the_field_and_queue_nothing(
     key = api.new_team()
     ds = upload(api, key, small_zip()).json()
     before = queue_len()
-    r = api.as_team(key, "POST", "/v1/jobs", json=job_spec(ds["id"], **change))
+    r = api.as_team(key, "POST", "/v1/jobs", json={**job_spec(ds["id"]), **change})
     assert r.status_code == status, r.text
     assert r.json()["error"]["param"] == param
     assert queue_len() == before
