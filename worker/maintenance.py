@@ -19,6 +19,7 @@ from app.db.session import session_scope
 from app.queue import enqueue_job
 from app.repositories.jobs import JobRepository
 from app.services.events import record_event
+from app.services.jobs import dispatch_job
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def reap(settings: Settings) -> list[str]:
                 )
                 requeued.append(job.id)
     for job_id in requeued:
-        enqueue_job(job_id)
+        dispatch_job(job_id)
     return requeued
 
 

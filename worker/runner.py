@@ -30,6 +30,7 @@ from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
 from app.services.events import record_event
+from app.services.jobs import dispatch_job
 from app.storage import Storage, atomic_writer, describe_file, write_json
 from worker.errors import JobFailed, TransientFailure
 from worker.lease import Heartbeat
@@ -412,8 +413,6 @@ def _finish(claimed: Claimed, status: str, *, error: dict[str, Any] | None = Non
 
 def _requeue(claimed: Claimed, event: str, payload: dict[str, Any], *, count: bool) -> None:
     """Hand the job back to the queue (it is re-sent by the dispatcher or redelivered)."""
-    from app.queue import enqueue_job
-
     with session_scope() as session:
         repo = JobRepository(session)
         values: dict[str, Any] = {
@@ -428,7 +427,7 @@ def _requeue(claimed: Claimed, event: str, payload: dict[str, Any], *, count: bo
         if not repo.update_held(claimed.job_id, claimed.owner, **values):
             return
         record_event(repo.session, claimed.job_id, event, payload)
-    enqueue_job(claimed.job_id)
+    dispatch_job(claimed.job_id)
 
 
 def _stopped(claimed: Claimed, stop: TrainingStopped) -> str:

@@ -160,6 +160,15 @@ class JobRepository:
         )
         return list(self.session.scalars(stmt))
 
+    def mark_undispatched(self, job_id: str) -> None:
+        """The broker did not take the message: the dispatcher sends it at its next pass."""
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(dispatched_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
     def mark_dispatched(self, job_id: str, now: datetime) -> None:
         self.session.execute(
             update(Job)

@@ -151,13 +151,16 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     repo.add(job)
     record_event(repo.session, job.id, "job.queued", {"architecture": arch.name})
     # Only after the commit: a worker must never receive an id it cannot read.
-    after_commit(session, lambda: _enqueue(job.id))
+    after_commit(session, lambda: dispatch_job(job.id))
     return job
 
 
-def _enqueue(job_id: str) -> None:
+def dispatch_job(job_id: str) -> None:
+    """Send a committed job to the broker; if it is down, leave it to the dispatcher."""
     if not enqueue_job(job_id):
         log.warning("job %s stays queued for the dispatcher: broker unreachable", job_id)
+        with session_scope() as session:
+            JobRepository(session).mark_undispatched(job_id)
 
 
 def get_job(session: Session, team: Team, job_id: str) -> Job:
