@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from app.config import get_settings
-from app.queue import INGEST_QUEUE
 
 
 def migrate(_: argparse.Namespace) -> int:
@@ -80,7 +79,8 @@ def serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    default_queues = f"{get_settings().queue},{INGEST_QUEUE}"
+    settings = get_settings()
+    default_queues = f"{settings.queue},{settings.ingest_queue}"
 
     def http(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")

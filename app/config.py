@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     allow_weight_download: bool = True
 
     queue: str = "gpu"
+    # Large archives are ingested by the workers, from this queue.
+    ingest_queue: str = "ingest"
     max_upload_bytes: int = 2 * 1024**3
     # An archive of up to this size is ingested inside the request; a larger one
     # answers 202 at once and is ingested in the background.

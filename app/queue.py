@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 TRAIN_TASK = "graft.train"
 INGEST_TASK = "graft.ingest"
 MAINTENANCE_TASK = "graft.maintenance"
-INGEST_QUEUE = "ingest"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -93,7 +92,7 @@ def enqueue_job(job_id: str) -> bool:
 
 
 def enqueue_ingest(dataset_id: str) -> bool:
-    return send(INGEST_TASK, [dataset_id], INGEST_QUEUE)
+    return send(INGEST_TASK, [dataset_id], get_settings().ingest_queue)
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

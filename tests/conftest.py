@@ -64,6 +64,9 @@ BASE_ENV_KEYS = (
     "GRAFT_BROKER_URL",
     "GRAFT_ADMIN_KEY",
     "GRAFT_QUEUE",
+    "GRAFT_INGEST_QUEUE",
+    "GRAFT_WEBHOOK_BACKOFF_SECONDS",
+    "GRAFT_WEBHOOK_TIMEOUT_SECONDS",
     "GRAFT_HEARTBEAT_SECONDS",
     "GRAFT_LEASE_SECONDS",
     "GRAFT_ALLOW_WEIGHT_DOWNLOAD",
@@ -124,8 +127,8 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     with get_engine(pg_server_url).begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE webhook_deliveries, job_events, jobs, models, datasets, idempotency_keys, "
-                "api_keys, teams CASCADE"
+                "TRUNCATE webhook_deliveries, job_events, jobs, models, datasets, "
+                "idempotency_keys, api_keys, teams CASCADE"
             )
         )
 
@@ -141,8 +144,7 @@ def sqlite_env(tmp_path: Path) -> dict[str, str]:
     """The embedded defaults: SQLite and the filesystem broker under a fresh data dir."""
     from app.db.migrate import upgrade
 
-    env = _base_env(tmp_path)
-    env.update(GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="")
+    env = base_env(tmp_path, GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="")
     configure(env)
     upgrade()
     return env
@@ -150,22 +152,25 @@ def sqlite_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def pg_env(tmp_path: Path, pg_url: str, redis_url: str) -> dict[str, str]:
-    env = _base_env(tmp_path)
-    env.update(GRAFT_DATABASE_URL=pg_url, GRAFT_BROKER_URL=redis_url)
+    env = base_env(tmp_path, GRAFT_DATABASE_URL=pg_url, GRAFT_BROKER_URL=redis_url)
     configure(env)
     return env
 
 
-def _base_env(tmp_path: Path) -> dict[str, str]:
+def base_env(root: Path, **extra: str) -> dict[str, str]:
+    """Settings for one test's stack, under `root`."""
+    run = uuid.uuid4().hex[:8]
     return {
-        "GRAFT_DATA_DIR": str(tmp_path / "data"),
+        "GRAFT_DATA_DIR": str(root / "data"),
         "GRAFT_ADMIN_KEY": ADMIN_KEY,
-        # A queue of its own, so leftover messages of other runs never reach this one.
-        "GRAFT_QUEUE": f"gpu-test-{uuid.uuid4().hex[:8]}",
+        # Queues of their own, so leftover messages of other runs never reach this one.
+        "GRAFT_QUEUE": f"gpu-test-{run}",
+        "GRAFT_INGEST_QUEUE": f"ingest-test-{run}",
         "GRAFT_HEARTBEAT_SECONDS": "0.5",
         "GRAFT_LEASE_SECONDS": "30",
         "GRAFT_ALLOW_WEIGHT_DOWNLOAD": "false",
-        "GRAFT_MODEL_CACHE": str(tmp_path / "weights"),
+        "GRAFT_MODEL_CACHE": str(root / "weights"),
+        **extra,
     }
 
 

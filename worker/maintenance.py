@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+import time
 from datetime import timedelta
 
 from app.config import Settings, get_settings
 from app.db.base import utcnow
 from app.db.session import session_scope
-from app.queue import enqueue_job
+from app.queue import enqueue_ingest, enqueue_job
+from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import JobRepository
 from app.services.events import record_event
 from app.services.jobs import dispatch_job
@@ -71,11 +74,35 @@ def redispatch(settings: Settings) -> list[str]:
     return sent
 
 
+def redispatch_ingests(settings: Settings) -> list[str]:
+    """Send again the large uploads whose ingestion never started (broker was down)."""
+    before = utcnow() - timedelta(seconds=settings.redispatch_after_seconds)
+    with session_scope() as session:
+        waiting = [d.id for d in DatasetRepository(session).processing_since(before)]
+    return [dataset_id for dataset_id in waiting if enqueue_ingest(dataset_id)]
+
+
+def sweep_temporary_files(settings: Settings, older_than: float = 3600.0) -> int:
+    """Remove what a process killed mid-write left behind (ingestion temp folders)."""
+    root = settings.resolved_data_dir / "datasets"
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in root.glob(".*.tmp"):
+        if path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def run_once(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     try:
         reap(settings)
         redispatch(settings)
+        redispatch_ingests(settings)
+        sweep_temporary_files(settings)
     except Exception:
         log.exception("maintenance pass failed; will try again")
 

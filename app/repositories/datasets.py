@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
@@ -39,6 +41,10 @@ class DatasetRepository:
     def list_for_team(self, team_id: str, *, limit: int, cursor: str | None) -> Page[Dataset]:
         stmt = select(Dataset).where(Dataset.team_id == team_id)
         return paginate(self.session, stmt, Dataset.id, limit=limit, cursor=cursor)
+
+    def processing_since(self, before: datetime) -> list[Dataset]:
+        stmt = select(Dataset).where(Dataset.status == "processing", Dataset.created_at < before)
+        return list(self.session.scalars(stmt))
 
     def used_by_active_job(self, dataset_id: str) -> bool:
         stmt = select(

@@ -7,7 +7,6 @@ filesystem broker), with the same task code.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import torchvision
 from safetensors.torch import load
 
 from tests.conftest import (
-    ADMIN_KEY,
     REDIS_URL,
     Api,
     WorkerProcess,
+    base_env,
     configure,
     digits_images,
     require_server,
@@ -35,26 +34,13 @@ pytestmark = pytest.mark.e2e
 SIZE = 16
 
 
-def _env(root: Path, **extra: str) -> dict[str, str]:
-    return {
-        "GRAFT_DATA_DIR": str(root / "data"),
-        "GRAFT_ADMIN_KEY": ADMIN_KEY,
-        "GRAFT_QUEUE": f"gpu-test-{uuid.uuid4().hex[:8]}",
-        "GRAFT_HEARTBEAT_SECONDS": "0.5",
-        "GRAFT_LEASE_SECONDS": "30",
-        "GRAFT_ALLOW_WEIGHT_DOWNLOAD": "false",
-        "GRAFT_MODEL_CACHE": str(root / "weights"),
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 def pg_stack(
     pg_server_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     require_server("Redis", "127.0.0.1", 6379)
     root = tmp_path_factory.mktemp("pg-stack")
-    env = _env(root, GRAFT_DATABASE_URL=pg_server_url, GRAFT_BROKER_URL=REDIS_URL)
+    env = base_env(root, GRAFT_DATABASE_URL=pg_server_url, GRAFT_BROKER_URL=REDIS_URL)
     worker = WorkerProcess(env, root / "worker.log")
     try:
         worker.wait_ready()

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,9 +23,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
-    ADMIN_KEY,
     Api,
     WorkerProcess,
+    base_env,
     configure,
     digits_images,
     wait_for,
@@ -101,21 +100,17 @@ def redis_server() -> Iterator[RedisServer]:
 def stack(
     tmp_path: Path, pg_url: str, redis_server: RedisServer, make_api: Callable[[], Api]
 ) -> Iterator[dict[str, Any]]:
-    env = {
-        "GRAFT_DATA_DIR": str(tmp_path / "data"),
-        "GRAFT_DATABASE_URL": pg_url,
-        "GRAFT_BROKER_URL": redis_server.url,
-        "GRAFT_ADMIN_KEY": ADMIN_KEY,
-        "GRAFT_QUEUE": f"gpu-{uuid.uuid4().hex[:8]}",
-        "GRAFT_HEARTBEAT_SECONDS": "0.5",
-        "GRAFT_LEASE_SECONDS": "5",
-        "GRAFT_REAPER_INTERVAL_SECONDS": "1",
-        "GRAFT_REDISPATCH_AFTER_SECONDS": "2",
-        "GRAFT_MAX_ATTEMPTS": "3",
-        "GRAFT_ALLOW_WEIGHT_DOWNLOAD": "false",
-        "GRAFT_WEBHOOK_BACKOFF_SECONDS": "0.3",
-        "GRAFT_WEBHOOK_TIMEOUT_SECONDS": "2",
-    }
+    env = base_env(
+        tmp_path,
+        GRAFT_DATABASE_URL=pg_url,
+        GRAFT_BROKER_URL=redis_server.url,
+        GRAFT_LEASE_SECONDS="5",
+        GRAFT_REAPER_INTERVAL_SECONDS="1",
+        GRAFT_REDISPATCH_AFTER_SECONDS="2",
+        GRAFT_MAX_ATTEMPTS="3",
+        GRAFT_WEBHOOK_BACKOFF_SECONDS="0.3",
+        GRAFT_WEBHOOK_TIMEOUT_SECONDS="2",
+    )
     configure(env)
     api = make_api()
     key = api.new_team()
