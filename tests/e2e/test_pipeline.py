@@ -224,3 +224,36 @@ def test_end_to_end_on_the_embedded_defaults(
     assert (data / "graft.db").exists()
     assert (data / "broker").is_dir()
     assert job["result"]["model_id"].startswith("mdl_") and key
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_job_starts_from_an_uploaded_safetensors_model(pg_api: Api) -> None:
+    """A team's own backbone, uploaded as safetensors, is what the job trains from: with
+    a linear probe its backbone comes back unchanged."""
+    from safetensors.torch import save as save_tensors
+
+    key = pg_api.new_team()
+    torch.manual_seed(123)
+    inhouse = torchvision.models.resnet18(num_classes=4)
+    weights = save_tensors({k: v.contiguous() for k, v in inhouse.state_dict().items()})
+    r = pg_api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("inhouse.safetensors", weights)},
+        data={"architecture": "resnet18", "classes": '["a", "b", "c", "d"]'},
+    )
+    assert r.status_code == 201, r.text
+    ds = upload(pg_api, key, digits_images((0, 1), per_class=20, size=SIZE))
+    job = train_job(pg_api, key, ds["id"], base_model=r.json()["id"], strategy="linear_probe")
+    job = wait_done(pg_api, key, job["id"])
+    assert job["status"] == "succeeded", job
+    raw = pg_api.as_team(
+        key, "GET", f"/v1/models/{job['result']['model_id']}/artifacts/safetensors"
+    ).content
+    trained = load(raw)
+    original = inhouse.state_dict()
+    backbone = [k for k in original if not k.startswith("fc.")]
+    assert all(torch.equal(trained[k], original[k]) for k in backbone)
+    assert trained["fc.weight"].shape == (2, 512)

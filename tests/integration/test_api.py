@@ -230,3 +230,63 @@ def test_health_and_docs(api: Api) -> None:
     assert job_create["additionalProperties"] is False
     hp = schema["components"]["schemas"]["Hyperparameters"]["properties"]
     assert hp["epochs"]["minimum"] == 1 and hp["epochs"]["maximum"] == 500
+
+
+class _Exploit:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def test_model_upload_takes_safetensors_only(api: Api, tmp_path: Any) -> None:
+    import pickle
+
+    import numpy as np
+    from safetensors.numpy import save
+
+    key = api.new_team()
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"state_dict": _Exploit(str(marker))})
+    r = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("model.pt", evil, "application/octet-stream")},
+        data={"architecture": "resnet18", "classes": '["a", "b"]'},
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_checkpoint"
+    assert not marker.exists()
+    assert api.as_team(key, "GET", "/v1/models").json()["data"] == []
+    weights = save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
+    bad_classes = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("m.safetensors", weights)},
+        data={"architecture": "resnet18", "classes": "cat,dog"},
+    )
+    assert bad_classes.status_code == 422 and bad_classes.json()["error"]["param"] == "classes"
+    unknown = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("m.safetensors", weights)},
+        data={"architecture": "resnet9000", "classes": '["a", "b"]'},
+    )
+    assert unknown.status_code == 422 and unknown.json()["error"]["param"] == "architecture"
+    ok = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("m.safetensors", weights)},
+        data={"architecture": "resnet18", "classes": '["a", "b"]', "name": "in-house"},
+    )
+    assert ok.status_code == 201, ok.text
+    model = ok.json()
+    assert model["source"] == "upload" and model["classes"] == ["a", "b"]
+    raw = api.as_team(key, "GET", f"/v1/models/{model['id']}/artifacts/safetensors").content
+    assert raw == weights

@@ -1,0 +1,340 @@
+"""The training engine on real (tiny) digits: strategies, best epoch, resume, stop, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import classification_report as sk_report
+from sklearn.metrics import confusion_matrix as sk_confusion
+from torch import nn
+
+from tests.worker.conftest import CLASS_NAMES, tiny_config
+from worker.training import checkpoint, engine, registry
+from worker.training.types import FitResult, Hooks, ImageSet, TrainConfig, TrainingStopped
+
+CPU = torch.device("cpu")
+
+
+def new_model(cfg: TrainConfig, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return registry.build_model(
+        cfg.architecture,
+        cfg.num_classes,
+        weights="none",
+        cache_dir=Path("unused"),
+        image_size=cfg.image_size,
+    )
+
+
+def run(
+    cfg: TrainConfig,
+    data: tuple[ImageSet, ImageSet],
+    workdir: Path,
+    hooks: Hooks | None = None,
+    model: nn.Module | None = None,
+    **kw: bool,
+) -> FitResult:
+    model = model if model is not None else new_model(cfg)
+    return engine.fit(model, cfg, *data, CLASS_NAMES, hooks or Hooks(), workdir, CPU, **kw)
+
+
+def stop_at(call: int, reason: str) -> Hooks:
+    """Hooks whose should_stop answers `reason` on its `call`-th call (1-based)."""
+    calls = iter(range(1, 10_000))
+    return Hooks(should_stop=lambda: reason if next(calls) == call else None)  # type: ignore[arg-type,return-value]
+
+
+def frozen_state(model: nn.Module, trainable_prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (BatchNorm statistics included) outside the trainable parts."""
+    return {
+        k: v.clone() for k, v in model.state_dict().items() if not k.startswith(trainable_prefixes)
+    }
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def val_accuracy(model: nn.Module, cfg: TrainConfig, val: ImageSet) -> float:
+    return engine.evaluate(model, val, cfg, CPU)[1]
+
+
+# ---------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize(
+    ("overrides", "trainable"),
+    [
+        ({"strategy": "linear_probe", "learning_rate": 1e-2}, ("fc.",)),
+        ({"strategy": "partial", "unfreeze_last": 1, "epochs": 2}, ("fc.", "layer4.")),
+    ],
+    ids=["linear_probe", "partial"],
+)
+def test_frozen_strategies_learn_and_leave_frozen_weights_bit_identical(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path, overrides: dict, trainable: tuple
+) -> None:
+    cfg = tiny_config(**overrides)
+    model = new_model(cfg)
+    before = frozen_state(model, trainable)
+    untrained = val_accuracy(model, cfg, small_split[1])
+
+    result = run(cfg, small_split, tmp_path, model=model)
+
+    assert_same_state(before, frozen_state(model, trainable))
+    initial = new_model(cfg).state_dict()
+    trained = [k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])]
+    assert trained and all(k.startswith(trainable) for k in trained)
+    assert max(m.val_accuracy for m in result.history) >= untrained + 0.15
+
+
+def test_full_trains_every_layer_and_improves(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    cfg = tiny_config(strategy="full", augmentation="light")
+    model = new_model(cfg)
+    untrained = val_accuracy(model, cfg, small_split[1])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    result = run(cfg, small_split, tmp_path, model=model)
+
+    assert not torch.equal(start["conv1.weight"], result.state_dict["conv1.weight"])
+    assert not torch.equal(start["bn1.running_mean"], result.state_dict["bn1.running_mean"])
+    assert result.report["accuracy"] >= untrained + 0.15
+
+
+def test_full_warmup_trains_only_the_head_first(
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    cfg = tiny_config(strategy="full", warmup_epochs=1, epochs=2)
+    model = new_model(cfg)
+    start = frozen_state(model, ("fc.",))
+    snapshots: list[dict[str, torch.Tensor]] = []
+    hooks = Hooks(on_epoch_end=lambda m: snapshots.append(frozen_state(model, ("fc.",))))
+
+    run(cfg, tiny_split, tmp_path, hooks, model=model)
+
+    assert_same_state(start, snapshots[0])
+    assert not torch.equal(start["conv1.weight"], snapshots[1]["conv1.weight"])
+
+
+def test_partial_rejects_a_bad_unfreeze_last(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="unfreeze_last between 1 and 4"):
+        run(tiny_config(strategy="partial", unfreeze_last=5), small_split, tmp_path)
+
+
+# ---------------------------------------------------------------- best epoch and report
+
+
+def test_keeps_the_best_epoch_not_the_last(
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    cfg = tiny_config(strategy="partial", unfreeze_last=1, epochs=3)
+    model = new_model(cfg)
+    steps = len(engine.epoch_batches(len(tiny_split[0]), cfg.batch_size, cfg.seed, 1))
+    calls = iter(range(1, 10_000))
+
+    def sabotage_last_epoch() -> None:
+        # Scramble the trainable block just before epoch 3, so epoch 3 is clearly worse.
+        if next(calls) == 2 * steps + 1:
+            with torch.no_grad():
+                for p in model.layer4.parameters():  # type: ignore[union-attr]
+                    p.copy_(torch.randn_like(p) * 3)
+        return None
+
+    result = run(cfg, tiny_split, tmp_path, Hooks(should_stop=sabotage_last_epoch), model=model)
+
+    h = result.history
+    assert h[2].val_accuracy < max(h[0].val_accuracy, h[1].val_accuracy)
+    key = {m.epoch: (m.val_accuracy, -m.val_loss) for m in h}
+    assert result.best_epoch == max(key, key=key.__getitem__) != 3
+    best = h[result.best_epoch - 1]
+    # The returned weights and the model itself are that epoch's, as the report is.
+    kept = registry.build_from_state("resnet18", 10, result.state_dict, cfg.image_size)
+    loss, acc, _ = engine.evaluate(kept, tiny_split[1], cfg, CPU)
+    assert (acc, loss) == pytest.approx((best.val_accuracy, best.val_loss), abs=1e-6)
+    assert result.report["accuracy"] == pytest.approx(best.val_accuracy)
+    assert val_accuracy(model, cfg, tiny_split[1]) == pytest.approx(best.val_accuracy)
+
+
+def test_report_agrees_with_sklearn(small_split: tuple[ImageSet, ImageSet], tmp_path: Path) -> None:
+    cfg = tiny_config(strategy="linear_probe", learning_rate=1e-2, epochs=2)
+    model = new_model(cfg)
+    result = run(cfg, small_split, tmp_path, model=model)
+    val = small_split[1]
+    probs = engine.predict_proba(model, val.images, cfg, CPU)
+    y_pred = probs.argmax(1)
+
+    r = result.report
+    assert (
+        r["confusion_matrix"]["matrix"]
+        == sk_confusion(val.labels, y_pred, labels=range(10)).tolist()
+    )
+    sk = sk_report(val.labels, y_pred, labels=range(10), output_dict=True, zero_division=0)
+    assert r["accuracy"] == pytest.approx(float((y_pred == val.labels).mean()))
+    for row in r["per_class"]:
+        ref = sk[row["name"]]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx(
+            (ref["precision"], ref["recall"], ref["f1-score"])
+        )
+        assert row["support"] == ref["support"]
+    assert r["macro_avg"]["f1"] == pytest.approx(sk["macro avg"]["f1-score"])
+    assert r["misclassified_total"] == int((y_pred != val.labels).sum())
+    assert r["stop_reason"] is None
+
+
+def test_max_runtime_stops_after_the_epoch_that_ran_over(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    cfg = tiny_config(strategy="linear_probe", epochs=5, max_runtime_seconds=0.0)
+    result = run(cfg, small_split, tmp_path)
+    assert len(result.history) == 1
+    assert result.stopped_early and result.report["stop_reason"] == "max_runtime"
+
+
+# ---------------------------------------------------------------- determinism and resume
+
+# mobilenet_v3_small has dropout (global torch RNG) and strong augmentation draws per-step
+# randomness, so an exact resume needs both the RNG state and the derived seeds right.
+RESUME_CFG = {
+    "architecture": "mobilenet_v3_small",
+    "strategy": "full",
+    "augmentation": "strong",
+    "image_size": 16,
+    "epochs": 2,
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "learning_rate": 0.05,
+    "warmup_epochs": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory
+) -> FitResult:
+    return run(tiny_config(**RESUME_CFG), tiny_split, tmp_path_factory.mktemp("reference"))
+
+
+def comparable(history: list) -> list[dict]:
+    return [{k: v for k, v in m.as_dict().items() if k != "seconds"} for m in history]
+
+
+def test_same_seed_same_run(
+    reference: FitResult, tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    again = run(tiny_config(**RESUME_CFG), tiny_split, tmp_path)
+    assert comparable(again.history) == comparable(reference.history)
+    assert_same_state(again.state_dict, reference.state_dict)
+
+
+@pytest.mark.parametrize(
+    ("stop_call", "expected"),
+    [(2, {"epoch": 0, "step": 1}), (4, {"epoch": 1, "step": 0}), (5, {"epoch": 1, "step": 1})],
+    ids=["mid-epoch-1", "between-epochs", "mid-epoch-2"],
+)
+def test_preempted_run_resumes_to_the_same_weights(
+    reference: FitResult,
+    tiny_split: tuple[ImageSet, ImageSet],
+    tmp_path: Path,
+    stop_call: int,
+    expected: dict,
+) -> None:
+    cfg = tiny_config(**RESUME_CFG)  # 3 steps per epoch
+    with pytest.raises(TrainingStopped) as stopped:
+        run(cfg, tiny_split, tmp_path, stop_at(stop_call, "preempted"))
+    assert stopped.value.reason == "preempted"
+    saved = checkpoint.load(tmp_path)
+    assert saved is not None
+    assert {"epoch": saved["epoch"], "step": saved["step"]} == expected
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    events: list[tuple[str, dict]] = []
+    hooks = Hooks(on_event=lambda kind, data: events.append((kind, data)))
+    resumed = run(cfg, tiny_split, tmp_path, hooks, model=new_model(cfg, seed=123))
+
+    assert ("resumed", expected) in events
+    assert resumed.resumed_from_epoch == expected["epoch"]
+    assert comparable(resumed.history) == comparable(reference.history)
+    assert_same_state(resumed.state_dict, reference.state_dict)
+
+
+def test_cancel_raises_and_writes_nothing(
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    cfg = tiny_config(**RESUME_CFG)
+    progress: list = []
+    hooks = stop_at(5, "cancelled")
+    hooks.on_progress = progress.append
+    with pytest.raises(TrainingStopped) as stopped:
+        run(cfg, tiny_split, tmp_path, hooks)
+    assert (stopped.value.reason, stopped.value.epoch, stopped.value.step) == ("cancelled", 2, 1)
+    saved = checkpoint.load(tmp_path)
+    assert saved is not None and (saved["epoch"], saved["step"]) == (1, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert any(p.epoch == 1 and p.step == p.steps_per_epoch for p in progress)
+
+
+def test_checkpoint_has_the_fixed_keys_and_loads_weights_only(
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    run(tiny_config(**{**RESUME_CFG, "epochs": 1}), tiny_split, tmp_path)
+    raw = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert set(raw) == checkpoint.KEYS | {"version"}
+    assert raw["epoch"] == 1 and raw["step"] == 0 and raw["best"]["epoch"] == 1
+    assert len(raw["history"]) == 1 and set(raw["rng"]) == {"python", "numpy", "torch", "cuda"}
+
+
+def test_progress_is_throttled_and_reports_each_epoch_end(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    seen: list = []
+    cfg = tiny_config(strategy="linear_probe", epochs=3)
+    run(cfg, small_split, tmp_path, Hooks(on_progress=seen.append))
+    # Feature batches take microseconds: only the epoch ends (and the first step) get through.
+    assert len(seen) <= 2 * cfg.epochs
+    ends = [p for p in seen if p.step == p.steps_per_epoch]
+    assert [p.epoch for p in ends] == [1, 2, 3]
+    assert ends[-1].fraction == pytest.approx(1.0) and ends[-1].eta_seconds == pytest.approx(0.0)
+    assert all(p.images_per_second and p.images_per_second > 0 for p in ends)
+
+
+def test_linear_probe_with_and_without_feature_cache_agree(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    cfg = tiny_config(strategy="linear_probe", epochs=2, learning_rate=1e-2)
+    cached = run(cfg, small_split, tmp_path / "a", feature_cache=True)
+    live = run(cfg, small_split, tmp_path / "b", feature_cache=False)
+    assert (tmp_path / "a" / "features.pt").is_file()
+    assert not (tmp_path / "b" / "features.pt").exists()
+    for a, b in zip(cached.history, live.history, strict=True):
+        assert a.val_accuracy == pytest.approx(b.val_accuracy, abs=0.02)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
+
+
+def test_rejects_images_of_the_wrong_size(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"expected \(32, 32, 3\)"):
+        run(tiny_config(image_size=32), small_split, tmp_path)
+
+
+def test_precision_resolves_per_device() -> None:
+    assert engine.resolve_precision(tiny_config(mixed_precision="auto"), CPU).name == "fp32"
+    assert engine.resolve_precision(tiny_config(mixed_precision="fp16"), CPU).name == "fp32"
+    assert engine.resolve_precision(tiny_config(mixed_precision="bf16"), CPU).name == "bf16"
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
+    a = engine.epoch_batches(65, 32, seed=1, epoch=2)
+    assert [len(b) for b in a] == [32, 33]  # a batch of one is folded into the one before
+    assert all(
+        np.array_equal(x, y) for x, y in zip(a, engine.epoch_batches(65, 32, 1, 2), strict=True)
+    )
+    assert not np.array_equal(a[0], engine.epoch_batches(65, 32, seed=1, epoch=3)[0])
