@@ -34,7 +34,7 @@ from app.services.jobs import dispatch_job
 from app.storage import Storage, atomic_writer, describe_file, write_json
 from worker.errors import JobFailed, TransientFailure
 from worker.lease import Heartbeat
-from worker.training import data, engine, registry
+from worker.training import checkpoint, data, engine, registry
 from worker.training.types import (
     EpochMetrics,
     FitResult,
@@ -47,6 +47,8 @@ from worker.training.types import (
 )
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT = checkpoint.FILENAME
 
 # Set by the worker's SIGTERM handler: the running job checkpoints and goes back to
 # the queue instead of being lost with the process.
@@ -219,7 +221,7 @@ def _train(
     hooks = _hooks(claimed, beat)
     device = engine.select_device()
     result = engine.fit(
-        model, cfg, train, val, classes, hooks, storage.job_dir(claimed.job_id), device
+        model, cfg, train, val, classes, hooks, attempt_workdir(storage, claimed), device
     )
     model.load_state_dict(result.state_dict)
     return result, cfg, classes, val, model
@@ -296,9 +298,33 @@ def _write(
             record_event(repo.session, claimed.job_id, *event)
 
 
-def model_id_for(job_id: str) -> str:
-    # One model per job, named after it: a retried job rewrites the same files.
-    return "mdl_" + job_id.removeprefix("job_")
+def attempt_workdir(storage: Storage, claimed: Claimed) -> Path:
+    """The directory this attempt checkpoints into, seeded with the newest checkpoint
+    of earlier attempts.
+
+    Each attempt writes only its own directory: a worker that was frozen (not dead)
+    and wakes up after losing its lease cannot overwrite its successor's checkpoint.
+    """
+    job_dir = storage.job_dir(claimed.job_id)
+    workdir = job_dir / f"attempt-{claimed.attempt}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    own = workdir / CHECKPOINT
+    if not own.exists():
+        earlier = [
+            d / CHECKPOINT
+            for d in job_dir.glob("attempt-*")
+            if d != workdir and (d / CHECKPOINT).exists()
+        ]
+        if earlier:
+            newest = max(earlier, key=lambda p: p.stat().st_mtime)
+            os.link(newest, own)  # a hard link: later writes there replace, not change, it
+    return workdir
+
+
+def model_id_for(job_id: str, attempt: int) -> str:
+    # The attempt is a fencing token: a stale worker that still reaches this point
+    # writes a directory nobody will point at, never the one that was published.
+    return f"mdl_{job_id.removeprefix('job_')}{attempt:02x}"
 
 
 def _publish(
@@ -311,7 +337,9 @@ def _publish(
     model: torch.nn.Module,
     val: ImageSet,
 ) -> None:
-    model_id = model_id_for(claimed.job_id)
+    if not _still_held(claimed, settings):
+        raise TrainingStopped("lease_lost", result.best_epoch, 0)
+    model_id = model_id_for(claimed.job_id, claimed.attempt)
     directory = storage.model_dir(model_id)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / "model.safetensors"
@@ -387,6 +415,13 @@ def _publish(
             claimed.job_id,
             "job.succeeded",
             {"model_id": model_id, "best_epoch": result.best_epoch},
+        )
+
+
+def _still_held(claimed: Claimed, settings: Settings) -> bool:
+    with session_scope() as session:
+        return JobRepository(session).renew_lease(
+            claimed.job_id, claimed.owner, settings.lease_seconds
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import signal
 import socket
@@ -213,6 +214,28 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint(stack: dict[str, Any]) ->
     assert_one_model(stack, j)
 
 
+def test_a_frozen_worker_that_wakes_after_losing_its_lease_writes_nothing(
+    stack: dict[str, Any],
+) -> None:
+    """SIGSTOP stands for a worker that hangs (a long pause, a network partition): its
+    lease expires, another worker takes the job, and when it wakes it must stop."""
+    a = start(stack, "a")
+    job_id = create(stack, epochs=3)
+    wait_in_epoch(stack, job_id, 2)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        start(stack, "b")
+        wait_for(lambda: job(stack, job_id)["attempt"] == 2, 60, "worker b to take the job")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    j = wait_status(stack, job_id, "succeeded")
+    wait_for(lambda: "lease lost" in a.log(), 30, "worker a to notice it lost the lease")
+    assert j["attempt"] == 2
+    assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3]
+    assert types(stack, job_id).count("job.succeeded") == 1
+    assert_one_model(stack, j)
+
+
 def test_the_same_message_twice_is_one_claim_and_one_run(stack: dict[str, Any]) -> None:
     from app.queue import enqueue_job
 
@@ -290,7 +313,7 @@ def test_cancel_queued_and_running(stack: dict[str, Any]) -> None:
     nxt = create(stack, epochs=1)
     wait_status(stack, nxt, "succeeded", timeout=120)
     # The cancelled job keeps its last checkpoint.
-    assert (stack["root"] / "data" / "jobs" / running / "checkpoint.pt").exists()
+    assert list((stack["root"] / "data" / "jobs" / running).glob("attempt-*/checkpoint.pt"))
 
 
 def test_idempotency_key(stack: dict[str, Any]) -> None:
