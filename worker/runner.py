@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from sqlalchemy.exc import OperationalError
 
-from app.architectures import ARCHITECTURES, preprocessing
+from app.architectures import ARCHITECTURES
 from app.config import Settings, get_settings
 from app.db.base import utcnow
 from app.db.models import Model
@@ -31,13 +31,13 @@ from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
 from app.services.events import record_event
 from app.services.jobs import dispatch_job
-from app.storage import Storage, atomic_writer, describe_file, write_json
+from app.storage import Storage, write_json
 from worker.errors import JobFailed, TransientFailure
 from worker.lease import Heartbeat
+from worker.publish import Trained, write_model
 from worker.training import checkpoint, data, engine, registry
 from worker.training.types import (
     EpochMetrics,
-    FitResult,
     Hooks,
     ImageSet,
     Progress,
@@ -133,8 +133,7 @@ def _fail_if_exhausted(repo: JobRepository, job_id: str, settings: Settings) -> 
 
 def _run_claimed(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat) -> str:
     try:
-        result, cfg, classes, val, model = _train(claimed, settings, storage, beat)
-        _publish(claimed, settings, storage, result, cfg, classes, model, val)
+        _publish(claimed, settings, storage, _train(claimed, settings, storage, beat))
     except TrainingStopped as stop:
         return _stopped(claimed, stop)
     except JobFailed as exc:
@@ -200,9 +199,7 @@ def _build_model(
         raise JobFailed("weights_unavailable", str(exc)) from exc
 
 
-def _train(
-    claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat
-) -> tuple[FitResult, TrainConfig, list[str], ImageSet, torch.nn.Module]:
+def _train(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat) -> Trained:
     spec = claimed.spec
     hp = spec.get("hyperparameters", {})
     architecture = claimed.base["architecture"] if claimed.base else spec["base_model"]
@@ -224,7 +221,7 @@ def _train(
         model, cfg, train, val, classes, hooks, attempt_workdir(storage, claimed), device
     )
     model.load_state_dict(result.state_dict)
-    return result, cfg, classes, val, model
+    return Trained(result=result, cfg=cfg, classes=classes, train=train, val=val, model=model)
 
 
 def _record_validation_set(claimed: Claimed, storage: Storage, val: ImageSet) -> None:
@@ -327,57 +324,17 @@ def model_id_for(job_id: str, attempt: int) -> str:
     return f"mdl_{job_id.removeprefix('job_')}{attempt:02x}"
 
 
-def _publish(
-    claimed: Claimed,
-    settings: Settings,
-    storage: Storage,
-    result: FitResult,
-    cfg: TrainConfig,
-    classes: list[str],
-    model: torch.nn.Module,
-    val: ImageSet,
-) -> None:
+def _publish(claimed: Claimed, settings: Settings, storage: Storage, trained: Trained) -> None:
+    result = trained.result
     if not _still_held(claimed, settings):
         raise TrainingStopped("lease_lost", result.best_epoch, 0)
     model_id = model_id_for(claimed.job_id, claimed.attempt)
-    directory = storage.model_dir(model_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / "model.safetensors"
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in result.state_dict.items()}
-    with atomic_writer(weights) as fh:
-        fh.write(
-            save(tensors, metadata={"architecture": cfg.architecture, "job_id": claimed.job_id})
-        )
-    best = next(m for m in result.history if m.epoch == result.best_epoch)
-    model_metrics = {
-        "best_epoch": result.best_epoch,
-        "val_accuracy": best.val_accuracy,
-        "val_loss": best.val_loss,
-        "train_accuracy": best.train_accuracy,
-        "train_loss": best.train_loss,
-        "stopped_early": result.stopped_early,
-    }
-    prep = preprocessing(ARCHITECTURES[cfg.architecture], cfg.image_size)
-    metadata = {
-        "model_id": model_id,
-        "job_id": claimed.job_id,
-        "architecture": cfg.architecture,
-        "classes": classes,
-        "num_classes": len(classes),
-        "preprocessing": prep,
-        "metrics": model_metrics,
-        "report": result.report,
-        "spec": claimed.spec,
-        "validation_set": {"paths": val.paths, "labels": [int(x) for x in val.labels]},
-        "load": "model = torchvision.models.<architecture>(num_classes=num_classes); "
-        "model.load_state_dict(safetensors.torch.load_file('model.safetensors'))",
-    }
-    write_json(directory / "metadata.json", metadata)
-    artifacts = [
-        describe_file(weights, "safetensors"),
-        describe_file(directory / "metadata.json", "metadata"),
-    ]
+    published = write_model(
+        storage.model_dir(model_id), model_id, claimed.job_id, claimed.spec, trained
+    )
     report = {"best_epoch": result.best_epoch, **result.report}
+    if "export" in published.metrics:
+        report["export"] = published.metrics["export"]
     with session_scope() as session:
         repo = JobRepository(session)
         models = ModelRepository(session)
@@ -387,13 +344,14 @@ def _publish(
                     id=model_id,
                     team_id=_team_of(session, claimed.job_id),
                     job_id=claimed.job_id,
-                    name=f"{cfg.architecture} from {claimed.job_id}",
+                    name=f"{trained.cfg.architecture} from {claimed.job_id}",
                     source="job",
-                    architecture=cfg.architecture,
-                    classes=classes,
-                    preprocessing=prep,
-                    metrics={**model_metrics, "report": result.report},
-                    artifacts=artifacts,
+                    architecture=trained.cfg.architecture,
+                    classes=trained.classes,
+                    preprocessing=published.preprocessing,
+                    metrics=published.metrics,
+                    artifacts=published.artifacts,
+                    recommended_artifact=published.recommended_artifact,
                     created_at=utcnow(),
                 )
             )

@@ -9,8 +9,9 @@ from fastapi.responses import FileResponse
 from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
 from app.errors import InvalidInput
 from app.schemas.common import ERROR_RESPONSES, PageOf
-from app.schemas.models import ModelRead
+from app.schemas.models import ModelRead, PredictResponse
 from app.services import models as service
+from app.services import predictions
 from app.services.datasets import receive_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
@@ -76,6 +77,32 @@ def upload_model(
         upload=upload,
     )
     return ModelRead.model_validate(model)
+
+
+@router.post("/{model_id}/predict", response_model=PredictResponse)
+def predict(
+    model_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    team: CurrentTeam,
+    files: Annotated[list[UploadFile], File(description="One or more images")],
+    artifact: Annotated[
+        str | None, Form(description="An ONNX variant; default the recommended one")
+    ] = None,
+    top_k: Annotated[int, Form(ge=1, le=100)] = 5,
+) -> PredictResponse:
+    """Classify images with one of the model's ONNX variants, preprocessed exactly as in
+    training. An image that cannot be decoded gets its own error; the others are answered."""
+    model = service.get_model(session, team, model_id)
+    images = [
+        (f.filename or f"image-{i}", f.file.read(settings.max_predict_image_bytes + 1))
+        for i, f in enumerate(files)
+    ]
+    answer = predictions.predict(
+        storage, settings, model, artifact=artifact, top_k=top_k, images=images
+    )
+    return PredictResponse.model_validate(answer)
 
 
 def _parse_classes(raw: str) -> list[str]:

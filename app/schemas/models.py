@@ -30,3 +30,25 @@ class ModelRead(OutputModel):
     artifacts: list[Artifact]
     recommended_artifact: str | None
     created_at: datetime
+
+
+class Prediction(OutputModel):
+    label: str = Field(examples=["cat"])
+    score: float = Field(examples=[0.93])
+
+
+class ImageError(OutputModel):
+    code: str = Field(examples=["invalid_image"])
+    message: str
+
+
+class ImageResult(OutputModel):
+    filename: str
+    predictions: list[Prediction] | None = None
+    error: ImageError | None = None
+
+
+class PredictResponse(OutputModel):
+    model_id: str
+    artifact: str = Field(examples=["onnx-int8"])
+    results: list[ImageResult]

@@ -7,7 +7,7 @@ filesystem broker), with the same task code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,76 +18,14 @@ import torchvision
 from safetensors.torch import load
 
 from tests.conftest import (
-    REDIS_URL,
     Api,
     WorkerProcess,
-    base_env,
-    configure,
     digits_images,
-    require_server,
     wait_for,
-    zip_dataset,
 )
+from tests.e2e.helpers import SIZE, train_job, upload, wait_done
 
 pytestmark = pytest.mark.e2e
-
-SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def pg_stack(
-    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, str]]:
-    require_server("Redis", "127.0.0.1", 6379)
-    root = tmp_path_factory.mktemp("pg-stack")
-    env = base_env(root, GRAFT_DATABASE_URL=pg_server_url, GRAFT_BROKER_URL=REDIS_URL)
-    worker = WorkerProcess(env, root / "worker.log")
-    try:
-        worker.wait_ready()
-        yield env
-    finally:
-        worker.stop()
-
-
-@pytest.fixture
-def pg_api(pg_stack: dict[str, str], make_api: Callable[[], Api]) -> Api:
-    configure(pg_stack)
-    return make_api()
-
-
-def train_job(api: Api, key: str, dataset_id: str, **over: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "dataset_id": dataset_id,
-        "base_model": "resnet18",
-        "pretrained_weights": "none",
-        "strategy": "full",
-        "hyperparameters": {
-            "epochs": 3,
-            "batch_size": 16,
-            "learning_rate": 0.003,
-            "image_size": SIZE,
-            "augmentation": "none",
-        },
-    }
-    spec.update(over)
-    r = api.as_team(key, "POST", "/v1/jobs", json=spec)
-    assert r.status_code == 201, r.text
-    return dict(r.json())
-
-
-def wait_done(api: Api, key: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job = api.as_team(key, "GET", f"/v1/jobs/{job_id}").json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-    return dict(wait_for(done, timeout, f"job {job_id} to finish"))
-
-
-def upload(api: Api, key: str, images: dict[str, Any]) -> dict[str, Any]:
-    files = {"file": ("d.zip", zip_dataset(images), "application/zip")}
-    r = api.as_team(key, "POST", "/v1/datasets", files=files, data={"name": "digits"})
-    assert r.status_code == 201, r.text
-    return dict(r.json())
 
 
 def check_model_matches_report(api: Api, key: str, job: dict[str, Any]) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def data() -> tuple[ImageSet, ImageSet]:
 @pytest.fixture(scope="module")
 def trained(data) -> nn.Module:
     train_set, _ = data
-    return train(small_cnn(), train_set.images, train_set.labels, steps=120)
+    return train(small_cnn(), train_set.images, train_set.labels, steps=200)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,10 @@ def test_report_figures_match_what_the_files_compute(exported, trained, data):
         assert v.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert v.accuracy == pytest.approx(np.mean(logits.argmax(1) == val.labels), abs=1e-9)
         assert v.top1_agreement == pytest.approx(np.mean(logits.argmax(1) == torch_out.argmax(1)))
-        assert v.max_abs_logit_diff == pytest.approx(np.abs(logits - torch_out).max(), rel=0.05)
+        # fp32 differs from torch only by rounding, which depends on the batch size run.
+        assert v.max_abs_logit_diff == pytest.approx(
+            np.abs(logits - torch_out).max(), rel=0.05, abs=1e-4
+        )
         assert v.accuracy_drop_points == pytest.approx((torch_acc - v.accuracy) * 100)
         assert v.within_budget == (v.accuracy_drop_points <= 1.0)
         assert set(v.latency_ms) == {"batch_1", "batch_32"}

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from app.services.splits import stratified_split
 
 from app.imaging import load_rgb, to_array
+from app.services.splits import stratified_split
 from app.storage import fsync_dir, read_json
 from worker.training.types import ImageSet
 

@@ -1,0 +1,44 @@
+"""Helpers of the end-to-end tests: create, wait for and inspect jobs over the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Api, wait_for, zip_dataset
+
+SIZE = 16
+
+
+def train_job(api: Api, key: str, dataset_id: str, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "base_model": "resnet18",
+        "pretrained_weights": "none",
+        "strategy": "full",
+        "hyperparameters": {
+            "epochs": 3,
+            "batch_size": 16,
+            "learning_rate": 0.003,
+            "image_size": SIZE,
+            "augmentation": "none",
+        },
+    }
+    spec.update(over)
+    r = api.as_team(key, "POST", "/v1/jobs", json=spec)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def wait_done(api: Api, key: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        job = api.as_team(key, "GET", f"/v1/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return dict(wait_for(done, timeout, f"job {job_id} to finish"))
+
+
+def upload(api: Api, key: str, images: dict[str, Any]) -> dict[str, Any]:
+    files = {"file": ("d.zip", zip_dataset(images), "application/zip")}
+    r = api.as_team(key, "POST", "/v1/datasets", files=files, data={"name": "digits"})
+    assert r.status_code == 201, r.text
+    return dict(r.json())

@@ -1,0 +1,145 @@
+"""The files of a trained model: weights, metadata, exported variants and the bundle.
+
+Pure file work (no SQL): the runner calls it, then records the returned artifact list
+on the model row only while it still holds the job's lease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+from app.architectures import ARCHITECTURES, preprocessing
+from app.storage import atomic_writer, describe_file, write_json
+from worker.errors import JobFailed
+from worker.export.artifacts import FILE_NAMES
+from worker.export.bundle import build_bundle
+from worker.export.onnx_export import ExportMismatch
+from worker.export.pipeline import export_variants
+from worker.export.quantize import pick_calibration
+from worker.training.types import FitResult, ImageSet, TrainConfig
+
+QUANTIZATION_FORMATS = {"int8": "onnx-int8", "fp16": "onnx-fp16"}
+
+
+@dataclass
+class Trained:
+    result: FitResult
+    cfg: TrainConfig
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    model: torch.nn.Module  # holding the kept (best) weights
+
+
+@dataclass
+class Published:
+    artifacts: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    preprocessing: dict[str, Any]
+    recommended_artifact: str
+
+
+def requested_formats(spec: dict[str, Any]) -> list[str]:
+    formats = list(spec.get("export") or [])
+    formats += [QUANTIZATION_FORMATS[q] for q in spec.get("quantization") or []]
+    return formats
+
+
+def write_model(
+    directory: Path, model_id: str, job_id: str, spec: dict[str, Any], trained: Trained
+) -> Published:
+    result, cfg = trained.result, trained.cfg
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / "model.safetensors"
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in result.state_dict.items()}
+    with atomic_writer(weights) as fh:
+        fh.write(save(tensors, metadata={"architecture": cfg.architecture, "job_id": job_id}))
+    prep = preprocessing(ARCHITECTURES[cfg.architecture], cfg.image_size)
+    artifacts = [describe_file(weights, "safetensors")]
+    export = _export(directory, model_id, spec, trained, prep)
+    recommended = "safetensors"
+    if export is not None:
+        for variant in export["variants"]:
+            entry = describe_file(directory / variant["file"], variant["format"])
+            artifacts.append({**entry, "report": variant})
+        recommended = export["recommended_artifact"]
+        artifacts.append(describe_file(directory / "bundle.zip", "bundle"))
+    metrics = _model_metrics(result)
+    metadata = {
+        "model_id": model_id,
+        "job_id": job_id,
+        "architecture": cfg.architecture,
+        "classes": trained.classes,
+        "num_classes": len(trained.classes),
+        "preprocessing": prep,
+        "metrics": metrics,
+        "report": result.report,
+        "export": export,
+        "recommended_artifact": recommended,
+        "spec": spec,
+        "validation_set": {
+            "paths": trained.val.paths,
+            "labels": [int(x) for x in trained.val.labels],
+        },
+        "load": "model = torchvision.models.<architecture>(num_classes=num_classes); "
+        "model.load_state_dict(safetensors.torch.load_file('model.safetensors'))",
+    }
+    write_json(directory / "metadata.json", metadata)
+    artifacts.insert(1, describe_file(directory / "metadata.json", "metadata"))
+    if export is not None:
+        metrics = {**metrics, "export": export}
+    return Published(artifacts, {**metrics, "report": result.report}, prep, recommended)
+
+
+def _model_metrics(result: FitResult) -> dict[str, Any]:
+    best = next(m for m in result.history if m.epoch == result.best_epoch)
+    return {
+        "best_epoch": result.best_epoch,
+        "val_accuracy": best.val_accuracy,
+        "val_loss": best.val_loss,
+        "train_accuracy": best.train_accuracy,
+        "train_loss": best.train_loss,
+        "stopped_early": result.stopped_early,
+    }
+
+
+def _export(
+    directory: Path, model_id: str, spec: dict[str, Any], trained: Trained, prep: dict[str, Any]
+) -> dict[str, Any] | None:
+    formats = requested_formats(spec)
+    if not formats:
+        return None
+    cfg = trained.cfg
+    picked = pick_calibration(
+        trained.train.labels, n=int(spec.get("calibration_images", 256)), seed=cfg.seed
+    )
+    try:
+        report = export_variants(
+            trained.model.cpu().eval(),
+            formats=formats,
+            image_size=cfg.image_size,
+            mean=cfg.mean,
+            std=cfg.std,
+            class_names=trained.classes,
+            calibration_images=trained.train.images[picked],
+            val=trained.val,
+            out_dir=directory,
+            max_accuracy_drop=float(spec.get("max_accuracy_drop", 1.0)),
+        )
+    except ExportMismatch as exc:
+        raise JobFailed("export_mismatch", str(exc)) from exc
+    onnx_files = {v.format: directory / FILE_NAMES[v.format] for v in report.variants}
+    build_bundle(
+        directory / "bundle.zip",
+        onnx_files=onnx_files,
+        recommended=report.recommended_artifact,
+        class_names=trained.classes,
+        preprocessing=prep,
+        model_id=model_id,
+    )
+    return report.as_dict()
