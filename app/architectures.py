@@ -37,7 +37,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mobilenet_v3_large", 224, num_blocks=16),
         Architecture("efficientnet_b0", 224, num_blocks=8),
         Architecture("convnext_tiny", 224, has_batchnorm=False, num_blocks=4),
-        Architecture("vgg16", 224, num_blocks=5),
+        Architecture("vgg16", 224, has_batchnorm=False, num_blocks=5),
         Architecture("vit_b_16", 224, size_multiple=16, has_batchnorm=False, num_blocks=12),
     )
 }

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from app.api.deps import (
     CurrentTeam,
@@ -13,8 +14,9 @@ from app.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from app.api.uploads import multipart_body, stream_form
 from app.schemas.common import ERROR_RESPONSES, PageOf
-from app.schemas.datasets import DatasetRead
+from app.schemas.datasets import DatasetForm, DatasetRead
 from app.services import datasets as service
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -25,32 +27,40 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RES
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
     responses={200: {"model": DatasetRead, "description": "The same archive was uploaded before"}},
+    openapi_extra=multipart_body(
+        "A zip, tar.gz or tar of class folders",
+        name={"type": "string", "maxLength": 200, "examples": ["pets-v1"]},
+        kind={"type": "string", "enum": ["labeled", "unlabeled"], "default": "labeled"},
+    ),
 )
-def create_dataset(
+async def create_dataset(
     request: Request,
     response: Response,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
     team: CurrentTeam,
-    file: Annotated[UploadFile, File(description="A zip or tar.gz of class folders")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
-    kind: Annotated[Literal["labeled", "unlabeled"], Form()] = "labeled",
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> DatasetRead:
-    """Upload an image dataset. Small archives are ingested before the answer; large ones
+    """Upload an image dataset (multipart: `file`, optional `name` and `kind`). The file
+    streams into the store; small archives are ingested before the answer, large ones
     answer at once with status `processing`."""
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > settings.max_upload_bytes + 1024 * 1024:  # multipart framing allowance
-        raise service.upload_too_large(settings.max_upload_bytes)
-    upload = service.receive_upload(file.file, storage, settings.max_upload_bytes)
-    dataset, created = service.create_dataset_idempotent(
+    form = await stream_form(request, storage, settings.max_upload_bytes)
+    assert form.upload is not None
+    upload = form.upload
+    try:
+        fields = DatasetForm.model_validate(form.fields)
+    except ValidationError as exc:
+        upload.path.unlink(missing_ok=True)
+        raise RequestValidationError(exc.errors()) from exc
+    dataset, created = await run_in_threadpool(
+        service.create_dataset_idempotent,
         session,
         storage,
         settings,
         team,
-        name=name or (file.filename or "dataset"),
-        kind=kind,
+        name=fields.name or form.filename or "dataset",
+        kind=fields.kind,
         upload=upload,
         idempotency_key=idempotency_key,
     )

@@ -3,16 +3,19 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
+from pydantic import ValidationError
 
 from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
+from app.api.uploads import multipart_body, stream_form
 from app.errors import InvalidInput
 from app.schemas.common import ERROR_RESPONSES, PageOf
-from app.schemas.models import ModelRead, PredictResponse
+from app.schemas.models import ModelForm, ModelRead, PredictResponse
 from app.services import models as service
 from app.services import predictions
-from app.services.datasets import receive_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -51,29 +54,46 @@ def download_artifact(
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelRead)
-def upload_model(
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelRead,
+    openapi_extra=multipart_body(
+        "Weights as a .safetensors file (pickle checkpoints are refused)",
+        architecture={"type": "string", "examples": ["resnet18"]},
+        classes={"type": "string", "description": "JSON list of class names, in output order"},
+        name={"type": "string", "maxLength": 200},
+        image_size={"type": "integer", "minimum": 16, "maximum": 1024},
+    ),
+)
+async def upload_model(
+    request: Request,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
     team: CurrentTeam,
-    file: Annotated[UploadFile, File(description="Weights as a .safetensors file (no pickle)")],
-    architecture: Annotated[str, Form(examples=["resnet18"])],
-    classes: Annotated[str, Form(description="JSON list of class names, in output order")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
-    image_size: Annotated[int | None, Form(ge=16, le=1024)] = None,
 ) -> ModelRead:
     """Upload a team's own base model, to start jobs from (`base_model: "mdl_…"`)."""
-    class_list = _parse_classes(classes)
-    upload = receive_upload(file.file, storage, settings.max_upload_bytes)
-    model = service.upload_model(
+    form = await stream_form(request, storage, settings.max_upload_bytes)
+    assert form.upload is not None
+    upload = form.upload
+    try:
+        fields = ModelForm.model_validate(form.fields)
+        class_list = _parse_classes(fields.classes)
+    except (ValidationError, InvalidInput) as exc:
+        upload.path.unlink(missing_ok=True)
+        if isinstance(exc, ValidationError):
+            raise RequestValidationError(exc.errors()) from exc
+        raise
+    model = await run_in_threadpool(
+        service.upload_model,
         session,
         storage,
         team,
-        name=name or (file.filename or "uploaded model"),
-        architecture=architecture,
+        name=fields.name or form.filename or "uploaded model",
+        architecture=fields.architecture,
         classes=class_list,
-        image_size=image_size,
+        image_size=fields.image_size,
         upload=upload,
     )
     return ModelRead.model_validate(model)

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.schemas.common import OutputModel
+from app.schemas.common import InputModel, OutputModel
 
 
 class ClassCount(OutputModel):
@@ -40,3 +40,10 @@ class DatasetRead(OutputModel):
     sha256: str
     size_bytes: int
     created_at: datetime
+
+
+class DatasetForm(InputModel):
+    """The form fields beside the uploaded file."""
+
+    name: str | None = Field(None, max_length=200)
+    kind: Literal["labeled", "unlabeled"] = "labeled"

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from app.schemas.common import OutputModel
+from app.schemas.common import InputModel, OutputModel
 
 
 class Artifact(OutputModel):
@@ -52,3 +52,12 @@ class PredictResponse(OutputModel):
     model_id: str
     artifact: str = Field(examples=["onnx-int8"])
     results: list[ImageResult]
+
+
+class ModelForm(InputModel):
+    """The form fields beside an uploaded base model."""
+
+    architecture: str = Field(examples=["resnet18"])
+    classes: str = Field(description='JSON list of class names, e.g. ["cat", "dog"]')
+    name: str | None = Field(None, max_length=200)
+    image_size: int | None = Field(None, ge=16, le=1024)

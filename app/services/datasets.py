@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -24,7 +23,7 @@ from app.repositories.datasets import DatasetRepository
 from app.services.idempotency import idempotent, request_hash
 from app.services.ingest import IngestLimits, IngestReport, ingest
 from app.services.layout import Kind
-from app.storage import CHUNK, Storage
+from app.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +33,6 @@ class Upload:
     path: Path
     size: int
     sha256: str
-
-
-def receive_upload(src: IO[bytes], storage: Storage, max_bytes: int) -> Upload:
-    """Copy an uploaded file into the store in chunks, hashing and counting as it goes."""
-    fd_path = storage.tmp_dir() / f"upload-{new_id('up')}"
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with fd_path.open("xb") as out:
-            while chunk := src.read(CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise upload_too_large(max_bytes)
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        fd_path.unlink(missing_ok=True)
-        raise
-    return Upload(path=fd_path, size=size, sha256=digest.hexdigest())
 
 
 def upload_too_large(max_bytes: int) -> PayloadTooLarge:
@@ -176,6 +154,7 @@ def ingest_pending(session: Session, storage: Storage, settings: Settings, datas
     dataset = repo.get(dataset_id)
     archive = pending_archive(storage, dataset_id)
     if dataset is None or dataset.status != "processing":
+        archive.unlink(missing_ok=True)  # deleted (or done) meanwhile: nothing to ingest
         return
     dest = storage.dataset_dir(dataset_id)
     if dest.exists():  # a previous attempt finished the files but not the row
@@ -225,4 +204,9 @@ def delete_dataset(session: Session, storage: Storage, team: Team, dataset_id: s
             param="dataset_id",
         )
     repo.delete(dataset.id)
-    after_commit(session, lambda: storage.remove_tree(storage.dataset_dir(dataset_id)))
+
+    def remove_files() -> None:
+        storage.remove_tree(storage.dataset_dir(dataset_id))
+        pending_archive(storage, dataset_id).unlink(missing_ok=True)
+
+    after_commit(session, remove_files)

@@ -294,11 +294,6 @@ def test_list_paginates_with_limit_and_cursor(api: Api) -> None:
         assert error["param"] == "limit"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: deleting a dataset still `processing` leaves uploads/<id>.archive behind "
-    "(delete_dataset never removes it, and ingest_pending returns early without unlinking)",
-)
 def test_deleting_a_processing_dataset_removes_its_pending_archive(
     pg_env: dict[str, str], make_api: Callable[[], Api], data_dir: Path
 ) -> None:

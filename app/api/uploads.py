@@ -1,0 +1,164 @@
+"""Multipart uploads streamed straight into the artifact store.
+
+Starlette would first spool a whole request body to the system temp directory and
+only then run the endpoint, so a size limit could only be applied after the bytes
+had arrived. This parser writes the file part into the store as it arrives, counting
+and hashing, and answers 413 the moment the limit is passed, removing what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.errors import InvalidInput
+from app.ids import new_id
+from app.services.datasets import Upload, upload_too_large
+from app.storage import Storage
+
+MAX_FIELD_BYTES = 64 * 1024
+# Room for the multipart framing and the small form fields around the file.
+FRAMING_ALLOWANCE = 1024 * 1024
+
+
+def multipart_body(file_description: str, **fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a streamed upload endpoint."""
+    properties: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary", "description": file_description},
+        **fields,
+    }
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
+
+@dataclass
+class StreamedForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    upload: Upload | None = None
+    filename: str | None = None
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    header_field: bytes = b""
+    header_value: bytes = b""
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+class _Collector:
+    def __init__(self, storage: Storage, max_bytes: int, file_field: str) -> None:
+        self.storage = storage
+        self.max_bytes = max_bytes
+        self.file_field = file_field
+        self.form = StreamedForm()
+        self.part = _Part()
+        self.out: IO[bytes] | None = None
+        self.path = storage.tmp_dir() / f"upload-{new_id('up')}"
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": lambda d, s, e: self._add("header_field", d[s:e]),
+            "on_header_value": lambda d, s, e: self._add("header_value", d[s:e]),
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+        }
+
+    def _add(self, attr: str, data: bytes) -> None:
+        setattr(self.part, attr, getattr(self.part, attr) + data)
+
+    def part_begin(self) -> None:
+        self.part = _Part()
+
+    def header_end(self) -> None:
+        self.part.headers.append((self.part.header_field.lower(), self.part.header_value))
+        self.part.header_field, self.part.header_value = b"", b""
+
+    def headers_finished(self) -> None:
+        disposition = dict(self.part.headers).get(b"content-disposition", b"")
+        _, options = parse_options_header(disposition)
+        self.part.name = options.get(b"name", b"").decode("utf-8", "replace")
+        raw_filename = options.get(b"filename")
+        self.part.filename = (
+            None if raw_filename is None else raw_filename.decode("utf-8", "replace")
+        )
+        if self.part.name == self.file_field and self.part.filename is not None:
+            if self.out is not None:
+                raise InvalidInput(
+                    f"Send one `{self.file_field}` part only.", param=self.file_field
+                )
+            self.out = self.path.open("xb")
+            self.form.filename = self.part.filename
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self.part.name == self.file_field and self.out is not None:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                raise upload_too_large(self.max_bytes)
+            self.digest.update(chunk)
+            self.out.write(chunk)
+            return
+        self.part.buffer += chunk
+        if len(self.part.buffer) > MAX_FIELD_BYTES:
+            raise InvalidInput(
+                f"Form field `{self.part.name}` is longer than {MAX_FIELD_BYTES} bytes.",
+                param=self.part.name or None,
+            )
+
+    def part_end(self) -> None:
+        if self.part.name == self.file_field and self.out is not None and not self.out.closed:
+            self.out.flush()
+            os.fsync(self.out.fileno())
+            self.out.close()
+            self.form.upload = Upload(self.path, self.size, self.digest.hexdigest())
+        elif self.part.filename is None and self.part.name:
+            self.form.fields[self.part.name] = self.part.buffer.decode("utf-8", "replace")
+
+    def discard(self) -> None:
+        if self.out is not None:
+            self.out.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def stream_form(
+    request: Request, storage: Storage, max_bytes: int, file_field: str = "file"
+) -> StreamedForm:
+    """Parse a multipart body, writing its file part into the store's temp directory."""
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise InvalidInput(
+            f"Send multipart/form-data with a `{file_field}` part.", param=file_field
+        )
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > max_bytes + FRAMING_ALLOWANCE:
+        raise upload_too_large(max_bytes)
+    collector = _Collector(storage, max_bytes, file_field)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException:
+        collector.discard()
+        raise
+    if collector.form.upload is None:
+        collector.discard()
+        raise InvalidInput(f"Missing required field `{file_field}`.", param=file_field)
+    return collector.form
