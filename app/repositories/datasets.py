@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
@@ -46,11 +46,20 @@ class DatasetRepository:
         stmt = select(Dataset).where(Dataset.status == "processing", Dataset.created_at < before)
         return list(self.session.scalars(stmt))
 
-    def used_by_active_job(self, dataset_id: str) -> bool:
-        stmt = select(
-            exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    def used_by_active_job(self, team_id: str, dataset_id: str) -> bool:
+        """Whether a queued or running job trains on the dataset or adapts to it."""
+        stmt = select(Job.dataset_id, Job.spec).where(
+            Job.team_id == team_id, Job.status.in_(ACTIVE_JOB_STATUSES)
         )
-        return bool(self.session.scalar(stmt))
+        for used, spec in self.session.execute(stmt):
+            adaptation = (spec or {}).get("domain_adaptation") or {}
+            targets = {
+                adaptation.get("target_dataset_id"),
+                adaptation.get("target_eval_dataset_id"),
+            }
+            if dataset_id == used or dataset_id in targets:
+                return True
+        return False
 
     def delete(self, dataset_id: str) -> None:
         self.session.execute(delete(Dataset).where(Dataset.id == dataset_id))

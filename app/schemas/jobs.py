@@ -41,6 +41,34 @@ class Hyperparameters(InputModel):
     )
 
 
+class DomainAdaptation(InputModel):
+    """Adapt the trained model to unlabeled images of the deployment domain."""
+
+    method: Literal["adabn", "tent", "dann", "pseudo_label"] = Field(
+        description="adabn: re-estimate BatchNorm statistics on the target; tent: minimise "
+        "prediction entropy on the target (normalisation scale and shift only); dann: "
+        "domain-adversarial fine-tuning; pseudo_label: self-training on confident targets"
+    )
+    target_dataset_id: str = Field(
+        examples=["ds_0193a1b2c3d4e5f6a7b8c9d0"], description="An unlabeled dataset of the team"
+    )
+    target_eval_dataset_id: str | None = Field(
+        None, description="A labeled dataset of the target domain, for evaluation only"
+    )
+    steps: int = Field(100, ge=1, le=10_000, description="tent: optimisation steps at most")
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="tent, dann, pseudo_label; default per method"
+    )
+    epochs: int = Field(5, ge=1, le=200, description="dann: epochs; pseudo_label: epochs per round")
+    threshold: float = Field(
+        0.9, gt=0, lt=1, description="pseudo_label: the confidence a target label needs"
+    )
+    rounds: int = Field(2, ge=1, le=20, description="pseudo_label: label-and-train rounds")
+    domain_loss_weight: float = Field(
+        1.0, gt=0, le=10, description="dann: the largest weight of the reversed gradient"
+    )
+
+
 class JobCreate(InputModel):
     dataset_id: str = Field(examples=["ds_0193a1b2c3d4e5f6a7b8c9d0"])
     base_model: str = Field(
@@ -63,6 +91,7 @@ class JobCreate(InputModel):
     )
     validation_split: float = Field(0.2, ge=0.05, le=0.5)
     webhook_url: AnyHttpUrl | None = None
+    domain_adaptation: DomainAdaptation | None = None
 
     model_config = ConfigDict(
         extra="forbid",

@@ -197,7 +197,7 @@ def list_datasets(session: Session, team: Team, *, limit: int, cursor: str | Non
 def delete_dataset(session: Session, storage: Storage, team: Team, dataset_id: str) -> None:
     dataset = get_dataset(session, team, dataset_id)
     repo = DatasetRepository(session)
-    if repo.used_by_active_job(dataset.id):
+    if repo.used_by_active_job(team.id, dataset.id):
         raise Conflict(
             f"Dataset {dataset_id} is used by a queued or running job; cancel it first.",
             code="dataset_in_use",

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.architectures import ARCHITECTURES, Architecture
 from app.db.base import utcnow
-from app.db.models import Job, JobEvent, Model, Team
+from app.db.models import Dataset, Job, JobEvent, Model, Team
 from app.db.session import after_commit, session_scope
 from app.errors import Conflict, InvalidInput, NotFound
 from app.ids import new_id
@@ -112,28 +112,69 @@ def create_job_idempotent(
     )
 
 
-def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
-    dataset = DatasetRepository(session).get_for_team(team.id, spec.dataset_id)
+def _ready_dataset(
+    session: Session, team: Team, dataset_id: str, *, kind: str, param: str
+) -> Dataset:
+    dataset = DatasetRepository(session).get_for_team(team.id, dataset_id)
     if dataset is None:
         raise NotFound(
-            f"No dataset {spec.dataset_id} in this team.",
-            code="dataset_not_found",
-            param="dataset_id",
+            f"No dataset {dataset_id} in this team.", code="dataset_not_found", param=param
         )
     if dataset.status != "ready":
         raise InvalidInput(
             f"Dataset {dataset.id} is {dataset.status}, not ready.",
             code="dataset_not_ready",
-            param="dataset_id",
+            param=param,
         )
-    if dataset.kind != "labeled":
+    if dataset.kind != kind:
         raise InvalidInput(
-            f"Dataset {dataset.id} is unlabeled; a training job needs a labeled dataset.",
-            code="dataset_not_labeled",
-            param="dataset_id",
+            f"Dataset {dataset.id} is {dataset.kind}; {param} needs a {kind} dataset.",
+            code=f"dataset_not_{kind}",
+            param=param,
         )
+    return dataset
+
+
+def _check_adaptation(
+    session: Session, team: Team, spec: JobCreate, source: Dataset, arch: Architecture
+) -> None:
+    da = spec.domain_adaptation
+    if da is None:
+        return
+    if da.method == "adabn" and not arch.has_batchnorm:
+        raise InvalidInput(
+            f"adabn re-estimates BatchNorm statistics, and {arch.name} has no BatchNorm "
+            "layer; use tent, dann or pseudo_label.",
+            code="adaptation_not_applicable",
+            param="domain_adaptation.method",
+        )
+    _ready_dataset(
+        session,
+        team,
+        da.target_dataset_id,
+        kind="unlabeled",
+        param="domain_adaptation.target_dataset_id",
+    )
+    if da.target_eval_dataset_id is not None:
+        param = "domain_adaptation.target_eval_dataset_id"
+        evaluation = _ready_dataset(
+            session, team, da.target_eval_dataset_id, kind="labeled", param=param
+        )
+        unknown = {c["name"] for c in evaluation.classes} - {c["name"] for c in source.classes}
+        if unknown:
+            raise InvalidInput(
+                f"Dataset {evaluation.id} has classes the training dataset does not: "
+                f"{', '.join(sorted(unknown))}.",
+                code="class_mismatch",
+                param=param,
+            )
+
+
+def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
+    dataset = _ready_dataset(session, team, spec.dataset_id, kind="labeled", param="dataset_id")
     arch, from_model = resolve_base_model(session, team, spec.base_model)
     _check_spec(spec, arch, from_model)
+    _check_adaptation(session, team, spec, dataset, arch)
     now = utcnow()
     job = Job(
         id=new_id("job"),
