@@ -41,11 +41,11 @@ def small_split(digits16: tuple[np.ndarray, np.ndarray]) -> tuple[ImageSet, Imag
 
 @pytest.fixture(scope="session")
 def tiny_split(small_split: tuple[ImageSet, ImageSet]) -> tuple[ImageSet, ImageSet]:
-    """96 / 48 images of the same split: 3 steps per epoch at batch size 32."""
+    """64 / 32 images of the same split: 2 steps per epoch at batch size 32."""
     train, val = small_split
     return (
-        ImageSet(train.images[:96], train.labels[:96], train.paths[:96]),
-        ImageSet(val.images[:48], val.labels[:48], val.paths[:48]),
+        ImageSet(train.images[:64], train.labels[:64], train.paths[:64]),
+        ImageSet(val.images[:32], val.labels[:32], val.paths[:32]),
     )
 
 

@@ -12,7 +12,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 from torch import nn
 
 from tests.worker.conftest import CLASS_NAMES, tiny_config
-from worker.training import checkpoint, engine, registry
+from worker.training import augment, checkpoint, engine, registry
 from worker.training.types import FitResult, Hooks, ImageSet, TrainConfig, TrainingStopped
 
 CPU = torch.device("cpu")
@@ -133,22 +133,22 @@ def test_partial_rejects_a_bad_unfreeze_last(
 
 
 def test_keeps_the_best_epoch_not_the_last(
-    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
-    cfg = tiny_config(strategy="partial", unfreeze_last=1, epochs=3)
+    cfg = tiny_config(strategy="linear_probe", learning_rate=1e-2, epochs=3)
     model = new_model(cfg)
-    steps = len(engine.epoch_batches(len(tiny_split[0]), cfg.batch_size, cfg.seed, 1))
+    steps = len(engine.epoch_batches(len(small_split[0]), cfg.batch_size, cfg.seed, 1))
     calls = iter(range(1, 10_000))
 
     def sabotage_last_epoch() -> None:
-        # Scramble the trainable block just before epoch 3, so epoch 3 is clearly worse.
+        # Scramble the head just before epoch 3, so epoch 3 ends clearly worse.
         if next(calls) == 2 * steps + 1:
             with torch.no_grad():
-                for p in model.layer4.parameters():  # type: ignore[union-attr]
+                for p in model.fc.parameters():  # type: ignore[union-attr]
                     p.copy_(torch.randn_like(p) * 3)
         return None
 
-    result = run(cfg, tiny_split, tmp_path, Hooks(should_stop=sabotage_last_epoch), model=model)
+    result = run(cfg, small_split, tmp_path, Hooks(should_stop=sabotage_last_epoch), model=model)
 
     h = result.history
     assert h[2].val_accuracy < max(h[0].val_accuracy, h[1].val_accuracy)
@@ -157,10 +157,10 @@ def test_keeps_the_best_epoch_not_the_last(
     best = h[result.best_epoch - 1]
     # The returned weights and the model itself are that epoch's, as the report is.
     kept = registry.build_from_state("resnet18", 10, result.state_dict, cfg.image_size)
-    loss, acc, _ = engine.evaluate(kept, tiny_split[1], cfg, CPU)
+    loss, acc, _ = engine.evaluate(kept, small_split[1], cfg, CPU)
     assert (acc, loss) == pytest.approx((best.val_accuracy, best.val_loss), abs=1e-6)
     assert result.report["accuracy"] == pytest.approx(best.val_accuracy)
-    assert val_accuracy(model, cfg, tiny_split[1]) == pytest.approx(best.val_accuracy)
+    assert val_accuracy(model, cfg, small_split[1]) == pytest.approx(best.val_accuracy)
 
 
 def test_report_agrees_with_sklearn(small_split: tuple[ImageSet, ImageSet], tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_same_seed_same_run(
 
 @pytest.mark.parametrize(
     ("stop_call", "expected"),
-    [(2, {"epoch": 0, "step": 1}), (4, {"epoch": 1, "step": 0}), (5, {"epoch": 1, "step": 1})],
+    [(2, {"epoch": 0, "step": 1}), (3, {"epoch": 1, "step": 0}), (4, {"epoch": 1, "step": 1})],
     ids=["mid-epoch-1", "between-epochs", "mid-epoch-2"],
 )
 def test_preempted_run_resumes_to_the_same_weights(
@@ -246,7 +246,7 @@ def test_preempted_run_resumes_to_the_same_weights(
     stop_call: int,
     expected: dict,
 ) -> None:
-    cfg = tiny_config(**RESUME_CFG)  # 3 steps per epoch
+    cfg = tiny_config(**RESUME_CFG)  # 2 steps per epoch
     with pytest.raises(TrainingStopped) as stopped:
         run(cfg, tiny_split, tmp_path, stop_at(stop_call, "preempted"))
     assert stopped.value.reason == "preempted"
@@ -265,12 +265,35 @@ def test_preempted_run_resumes_to_the_same_weights(
     assert_same_state(resumed.state_dict, reference.state_dict)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{"strategy": "linear_probe"}, {"strategy": "partial", "unfreeze_last": 1}],
+    ids=["linear_probe", "partial"],
+)
+def test_frozen_strategies_resume_and_store_frozen_weights_once(
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path, overrides: dict
+) -> None:
+    cfg = tiny_config(**overrides, epochs=2)
+    reference = run(cfg, tiny_split, tmp_path / "reference")
+    with pytest.raises(TrainingStopped):
+        run(cfg, tiny_split, tmp_path / "job", stop_at(4, "preempted"))  # epoch 2, step 1
+    resumed = run(cfg, tiny_split, tmp_path / "job", model=new_model(cfg, seed=7))
+
+    assert_same_state(resumed.state_dict, reference.state_dict)
+    assert comparable(resumed.history) == comparable(reference.history)
+    frozen = torch.load(tmp_path / "job" / "frozen.pt", weights_only=True)
+    saved = checkpoint.load(tmp_path / "job")
+    assert saved is not None and not frozen.keys() & saved["model"].keys()
+    assert frozen.keys() | saved["model"].keys() == reference.state_dict.keys()
+    assert "conv1.weight" in frozen and "fc.weight" in saved["model"]
+
+
 def test_cancel_raises_and_writes_nothing(
     tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
     cfg = tiny_config(**RESUME_CFG)
     progress: list = []
-    hooks = stop_at(5, "cancelled")
+    hooks = stop_at(4, "cancelled")
     hooks.on_progress = progress.append
     with pytest.raises(TrainingStopped) as stopped:
         run(cfg, tiny_split, tmp_path, hooks)
@@ -292,11 +315,11 @@ def test_checkpoint_has_the_fixed_keys_and_loads_weights_only(
 
 
 def test_progress_is_throttled_and_reports_each_epoch_end(
-    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
     seen: list = []
     cfg = tiny_config(strategy="linear_probe", epochs=3)
-    run(cfg, small_split, tmp_path, Hooks(on_progress=seen.append))
+    run(cfg, tiny_split, tmp_path, Hooks(on_progress=seen.append))
     # Feature batches take microseconds: only the epoch ends (and the first step) get through.
     assert len(seen) <= 2 * cfg.epochs
     ends = [p for p in seen if p.step == p.steps_per_epoch]
@@ -306,11 +329,11 @@ def test_progress_is_throttled_and_reports_each_epoch_end(
 
 
 def test_linear_probe_with_and_without_feature_cache_agree(
-    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+    tiny_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
     cfg = tiny_config(strategy="linear_probe", epochs=2, learning_rate=1e-2)
-    cached = run(cfg, small_split, tmp_path / "a", feature_cache=True)
-    live = run(cfg, small_split, tmp_path / "b", feature_cache=False)
+    cached = run(cfg, tiny_split, tmp_path / "a", feature_cache=True)
+    live = run(cfg, tiny_split, tmp_path / "b", feature_cache=False)
     assert (tmp_path / "a" / "features.pt").is_file()
     assert not (tmp_path / "b" / "features.pt").exists()
     for a, b in zip(cached.history, live.history, strict=True):
@@ -338,3 +361,19 @@ def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
         np.array_equal(x, y) for x, y in zip(a, engine.epoch_batches(65, 32, 1, 2), strict=True)
     )
     assert not np.array_equal(a[0], engine.epoch_batches(65, 32, seed=1, epoch=3)[0])
+
+
+def test_augmentation_is_batched_seeded_and_in_range(
+    tiny_split: tuple[ImageSet, ImageSet],
+) -> None:
+    x = torch.from_numpy(tiny_split[0].images[:8]).permute(0, 3, 1, 2).float() / 255
+    assert augment.augment(x, "none", augment.step_generator(0, 1, 0)) is x
+    for mode in ("light", "strong"):
+        a = augment.augment(x, mode, augment.step_generator(0, 1, 0))
+        b = augment.augment(x, mode, augment.step_generator(0, 1, 0))
+        c = augment.augment(x, mode, augment.step_generator(0, 1, 1))
+        assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+        assert a.min() >= 0 and a.max() <= 1
+        # Each image gets its own crop: no two outputs differ from their inputs alike.
+        change = (a - x).abs().flatten(1).mean(1)
+        assert len(set(change.tolist())) == len(x)

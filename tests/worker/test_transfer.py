@@ -18,7 +18,7 @@ from worker.training.types import FitResult, Hooks, ImageSet, TrainConfig
 CPU = torch.device("cpu")
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 SHOTS, VAL_SHOTS = 10, 5
-MARGIN = 0.15
+MARGIN = 0.15  # measured: 0.65 vs 0.33
 
 
 def split_by_class(
@@ -50,18 +50,19 @@ def test_pretrained_on_other_digits_beats_training_from_scratch(
     digits16: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     images, labels = digits16
-    src_train, src_val = split_by_class(images, labels, SOURCE, [60, 20], seed=0)
+    src_train, src_val = split_by_class(images, labels, SOURCE, [100, 20], seed=0)
     few, few_val, test = split_by_class(images, labels, TARGET, [SHOTS, VAL_SHOTS, None], seed=1)
 
     # Job 1: learn digits 0-4 from scratch.
-    src_cfg = tiny_config(num_classes=5, epochs=4, augmentation="light")
+    src_cfg = tiny_config(num_classes=5, epochs=3, augmentation="light")
     torch.manual_seed(0)
     source = registry.build_model("resnet18", 5, weights="none", cache_dir=tmp_path, image_size=16)
     pretrained = fit(source, src_cfg, src_train, src_val, tmp_path / "source")
     assert pretrained.report["accuracy"] > 0.8
 
-    # Job 2 continues from job 1's model onto the new classes; the baseline starts cold.
-    cfg = tiny_config(num_classes=5, epochs=8, batch_size=16, augmentation="light", warmup_epochs=1)
+    # Job 2 continues from job 1's model onto the new classes; the baseline, with the
+    # very same recipe, starts from random weights.
+    cfg = tiny_config(num_classes=5, epochs=5, batch_size=16, augmentation="light")
     torch.manual_seed(1)
     transferred = registry.replace_head(
         registry.build_from_state("resnet18", 5, pretrained.state_dict, 16), "resnet18", 5

@@ -106,7 +106,7 @@ class Hooks:
     on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
 
 
-class TrainingStopped(Exception):  # noqa: N818 - it is a signal, not a failure
+class TrainingStopped(Exception):
     """Raised by the engine when should_stop() asked it to stop.
 
     For "preempted" the engine has written a checkpoint at the current step first, so a

@@ -1,0 +1,681 @@
+"""The training loop: plain functions in the manner of torchvision's classification reference.
+
+`fit` trains a model on decoded ImageSets and knows nothing of Celery or SQL: it reports
+through Hooks, checkpoints into `workdir` after every epoch and resumes from it. Batches
+are indexed straight out of the uint8 arrays (no loader workers), moved to the device and
+augmented there. Each epoch's order and each step's augmentation derive from
+(seed, epoch, step) and the RNG state travels in the checkpoint, so on the CPU a resumed
+run ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from worker.training import augment, checkpoint, features, metrics, registry, strategies
+from worker.training.types import (
+    EpochMetrics,
+    FitResult,
+    Hooks,
+    ImageSet,
+    Progress,
+    TrainConfig,
+    TrainingStopped,
+)
+
+PROGRESS_INTERVAL_SECONDS = 0.5
+EVAL_BATCH_SIZE = 256
+# Config fields a checkpoint must agree on to be resumed (others, e.g. epochs, may change).
+_RESUME_KEYS = ("architecture", "num_classes", "strategy", "unfreeze_last", "batch_size", "seed")
+
+
+# ---------------------------------------------------------------- device and precision
+
+
+def select_device(prefer: str | None = None) -> torch.device:
+    """`prefer` if given (e.g. "cuda:1", "cpu"), else CUDA when present, else the CPU."""
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Precision:
+    name: str  # "fp32", "bf16" or "fp16": what actually runs
+    device_type: str
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+
+    def autocast(self) -> AbstractContextManager[object]:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """cfg.mixed_precision made concrete for `device`, so one config runs anywhere."""
+    name = cfg.mixed_precision
+    if device.type != "cuda":
+        # fp16 autocast on the CPU is slow and unscaled; bf16 is the CPU's low precision.
+        name = "bf16" if name == "bf16" else "fp32"
+    elif name == "auto":
+        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
+    return Precision(name, device.type, dtype, scaler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- batches
+
+
+class Inputs(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(
+        self, idx: np.ndarray, epoch: int, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ImageInputs:
+    """Batches of images from an ImageSet, augmented and normalised on the device."""
+
+    def __init__(
+        self, data: ImageSet, cfg: TrainConfig, device: torch.device, *, augmentation: augment.Mode
+    ) -> None:
+        self.images = data.images
+        self.labels = np.asarray(data.labels, dtype=np.int64)
+        self.device, self.seed = device, cfg.seed
+        self.mode = augmentation
+        self.mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+        self.channels_last = _use_channels_last(cfg, device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: np.ndarray, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = augment.step_generator(self.seed, epoch, step)
+        raw = augment.gather(self.images, idx, self.device)
+        x = augment.to_model_input(raw, self.mean, self.std, self.mode, gen, self.channels_last)
+        return x, augment.gather(self.labels, idx, self.device)
+
+
+class FeatureInputs:
+    """Batches of cached backbone features (linear probe)."""
+
+    def __init__(self, feats: torch.Tensor, labels: np.ndarray) -> None:
+        self.feats = feats
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=feats.device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: np.ndarray, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.from_numpy(idx).to(self.feats.device)
+        return self.feats[i], self.labels[i]
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The index batches of `epoch`; a function of (seed, epoch) only."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        # BatchNorm cannot train on a batch of one: fold the straggler into the batch before.
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
+
+
+def _ordered_batches(n: int, batch_size: int) -> list[np.ndarray]:
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def _use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    return device.type == "cuda" and cfg.architecture != "vit_b_16"
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochTotals:
+    """Running train loss and accuracy of an epoch, kept on the device (no per-step sync)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    seconds: float = 0.0  # train time of this epoch spent in earlier runs (resume)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochTotals:
+        z = torch.zeros((), dtype=torch.float64, device=device)
+        return cls(z, z.clone())
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().double() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "loss_sum": float(self.loss_sum),
+            "correct": float(self.correct),
+            "seen": self.seen,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float], device: torch.device) -> EpochTotals:
+        t = cls.zeros(device)
+        t.loss_sum += d["loss_sum"]
+        t.correct += d["correct"]
+        t.seen, t.seconds = int(d["seen"]), float(d["seconds"])
+        return t
+
+
+class ProgressMeter:
+    """Throttles on_progress to about twice a second and estimates throughput and ETA."""
+
+    def __init__(self, hooks: Hooks, total_epochs: int, steps_per_epoch: int) -> None:
+        self.hooks, self.total_epochs, self.steps_per_epoch = hooks, total_epochs, steps_per_epoch
+        self.run_start = time.monotonic()
+        self.run_steps = 0
+        self.last_report = -math.inf
+        self.epoch_start, self.epoch_images = self.run_start, 0
+
+    def start_epoch(self) -> None:
+        self.epoch_start, self.epoch_images = time.monotonic(), 0
+
+    def step_done(self, epoch: int, step: int, images: int, lr: float) -> None:
+        """`step` is 1-based within the epoch."""
+        self.run_steps += 1
+        self.epoch_images += images
+        now = time.monotonic()
+        last = step == self.steps_per_epoch
+        if not last and now - self.last_report < PROGRESS_INTERVAL_SECONDS:
+            return
+        self.last_report = now
+        total = self.total_epochs * self.steps_per_epoch
+        done = (epoch - 1) * self.steps_per_epoch + step
+        per_step = (now - self.run_start) / self.run_steps
+        epoch_elapsed = now - self.epoch_start
+        self.hooks.on_progress(
+            Progress(
+                epoch=epoch,
+                total_epochs=self.total_epochs,
+                step=step,
+                steps_per_epoch=self.steps_per_epoch,
+                fraction=done / total,
+                eta_seconds=per_step * (total - done),
+                images_per_second=self.epoch_images / epoch_elapsed if epoch_elapsed else None,
+                learning_rate=lr,
+            )
+        )
+
+
+def train_one_epoch(
+    module: nn.Module,
+    inputs: Inputs,
+    batches: list[np.ndarray],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    criterion: nn.Module,
+    precision: Precision,
+    *,
+    epoch: int,
+    start_step: int,
+    totals: EpochTotals,
+    hooks: Hooks,
+    meter: ProgressMeter,
+    on_preempt: Callable[[int], None],
+) -> None:
+    """Train `module` over `batches[start_step:]`, accumulating into `totals`.
+
+    Asks hooks.should_stop() before every step; on "preempted" calls on_preempt(steps
+    done) so the caller can checkpoint, then raises TrainingStopped for any reason.
+    """
+    scaler = precision.scaler
+    meter.start_epoch()
+    for step in range(start_step, len(batches)):
+        reason = hooks.should_stop()
+        if reason is not None:
+            if reason == "preempted":
+                on_preempt(step)
+            raise TrainingStopped(reason, epoch, step)
+        x, y = inputs.batch(batches[step], epoch, step)
+        with precision.autocast():
+            logits = module(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        totals.add(loss, logits, y)
+        meter.step_done(epoch, step + 1, len(y), optimizer.param_groups[-1]["lr"])
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _logits(
+    module: nn.Module, inputs: Inputs, precision: Precision, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Per-module modes, not module.train(): frozen BatchNorm layers must stay in eval.
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    out, labels = [], []
+    for idx in _ordered_batches(len(inputs), batch_size):
+        x, y = inputs.batch(idx, 0, 0)
+        with precision.autocast():
+            out.append(module(x).float())
+        labels.append(y)
+    for m, training in modes:
+        m.training = training
+    return torch.cat(out), torch.cat(labels)
+
+
+def _evaluate_inputs(
+    module: nn.Module, inputs: Inputs, precision: Precision
+) -> tuple[float, float, np.ndarray]:
+    logits, y = _logits(module, inputs, precision, EVAL_BATCH_SIZE)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    accuracy = (logits.argmax(1) == y).double().mean().item()
+    return loss, accuracy, logits.softmax(1).cpu().numpy()
+
+
+def evaluate(
+    model: nn.Module, imageset: ImageSet, cfg: TrainConfig, device: torch.device
+) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy without label smoothing, accuracy, class probabilities)."""
+    inputs = ImageInputs(imageset, cfg, device, augmentation="none")
+    return _evaluate_inputs(model, inputs, resolve_precision(cfg, device))
+
+
+def predict_proba(
+    model: nn.Module,
+    images_uint8: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> np.ndarray:
+    """Class probabilities (N, C) for decoded uint8 (N, S, S, 3) images."""
+    n = len(images_uint8)
+    data = ImageSet(images_uint8, np.zeros(n, dtype=np.int64), [""] * n)
+    inputs = ImageInputs(data, cfg, device, augmentation="none")
+    logits, _ = _logits(model, inputs, resolve_precision(cfg, device), batch_size)
+    return logits.softmax(1).cpu().numpy()
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = strategies.param_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Per-step multiplier of each group's learning rate: linear warm-up, then the schedule."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        if cfg.lr_schedule == "step":
+            return float(cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size))
+        return 1.0
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+
+
+# ---------------------------------------------------------------- run state
+
+
+@dataclass
+class Best:
+    epoch: int = 0
+    val_accuracy: float = -math.inf
+    val_loss: float = math.inf
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def beaten_by(self, m: EpochMetrics) -> bool:
+        """Higher val accuracy wins; on a tie, lower val loss."""
+        return m.val_accuracy > self.val_accuracy or (
+            m.val_accuracy == self.val_accuracy and m.val_loss < self.val_loss
+        )
+
+
+@dataclass
+class RunState:
+    """What survives an epoch boundary; everything in it goes into the checkpoint."""
+
+    epoch: int = 0  # last completed
+    step: int = 0  # steps already done in epoch + 1 (a mid-epoch resume)
+    partial: dict[str, float] | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+    best: Best = field(default_factory=Best)
+    best_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    elapsed_seconds: float = 0.0
+    stop_reason: str | None = None
+
+    def record(self, m: EpochMetrics, model: nn.Module, cfg: TrainConfig) -> None:
+        """Add an epoch's metrics, keep the best weights and decide whether to stop."""
+        self.epoch, self.step, self.partial = m.epoch, 0, None
+        self.history.append(m)
+        if self.best.beaten_by(m):
+            self.best = Best(m.epoch, m.val_accuracy, m.val_loss, checkpoint.cpu_state(model))
+        if m.val_loss < self.best_val_loss:
+            self.best_val_loss, self.epochs_without_improvement = m.val_loss, 0
+        else:
+            self.epochs_without_improvement += 1
+        if m.epoch >= cfg.epochs:
+            return
+        patience = cfg.early_stopping_patience
+        if patience is not None and self.epochs_without_improvement >= patience:
+            self.stop_reason = "early_stopping"
+        elif (
+            cfg.max_runtime_seconds is not None and self.elapsed_seconds >= cfg.max_runtime_seconds
+        ):
+            self.stop_reason = "max_runtime"
+
+
+class Trainer:
+    """The optimiser, schedule, data and hooks of one fit() call, and its checkpointing."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        hooks: Hooks,
+        workdir: Path,
+        device: torch.device,
+        steps_per_epoch: int,
+    ) -> None:
+        self.model, self.cfg, self.hooks, self.workdir, self.device = (
+            model,
+            cfg,
+            hooks,
+            workdir,
+            device,
+        )
+        self.precision = resolve_precision(cfg, device)
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.meter = ProgressMeter(hooks, cfg.epochs, steps_per_epoch)
+        self.frozen = strategies.frozen_keys(model, cfg)
+        self.run_start = time.monotonic()
+        # The module that trains and its inputs: the whole model on images, or only the
+        # head on cached features (set_data).
+        self.module: nn.Module = model
+        self.train_in: Inputs
+        self.val_in: Inputs
+
+    def set_data(self, train: ImageSet, val: ImageSet, feature_cache: bool) -> None:
+        cfg, device = self.cfg, self.device
+        if cfg.strategy == "linear_probe" and feature_cache:
+            feats = self._features(train, val)
+            self.module = registry.head(self.model, cfg.architecture)
+            self.train_in = FeatureInputs(feats["train"], train.labels)
+            self.val_in = FeatureInputs(feats["val"], val.labels)
+            return
+        # A frozen backbone sees each image as it is, cached or not, so the probe's two
+        # paths train on the same inputs.
+        mode: augment.Mode = "none" if cfg.strategy == "linear_probe" else cfg.augmentation
+        self.train_in = ImageInputs(train, cfg, device, augmentation=mode)
+        self.val_in = ImageInputs(val, cfg, device, augmentation="none")
+
+    def _features(self, train: ImageSet, val: ImageSet) -> dict[str, torch.Tensor]:
+        cfg, device = self.cfg, self.device
+        extractor = registry.feature_extractor(self.model, cfg.architecture)
+        probe = ImageInputs(val, cfg, device, augmentation="none")
+
+        def compute_one(images: np.ndarray) -> torch.Tensor:
+            return features.compute(
+                extractor,
+                images,
+                batch_size=EVAL_BATCH_SIZE,
+                device=device,
+                mean=probe.mean,
+                std=probe.std,
+                channels_last=probe.channels_last,
+                autocast=self.precision.autocast,
+            )
+
+        return features.load_or_compute(
+            self.workdir, {"train": train, "val": val}, compute_one, device
+        )
+
+    def run_epoch(self, state: RunState, epoch: int, n_train: int) -> EpochMetrics:
+        cfg = self.cfg
+        strategies.configure_epoch(self.model, cfg, epoch)
+        batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)
+        totals = EpochTotals.zeros(self.device)
+        if state.partial:
+            totals = EpochTotals.from_dict(state.partial, self.device)
+        epoch_start = time.monotonic() - totals.seconds
+
+        def on_preempt(step: int) -> None:
+            totals.seconds = time.monotonic() - epoch_start
+            state.elapsed_seconds = time.monotonic() - self.run_start
+            # At step 0 the previous epoch's checkpoint already holds this exact state.
+            if step:
+                self.checkpoint(state, step, totals)
+
+        train_one_epoch(
+            self.module,
+            self.train_in,
+            batches,
+            self.optimizer,
+            self.scheduler,
+            self.criterion,
+            self.precision,
+            epoch=epoch,
+            start_step=state.step,
+            totals=totals,
+            hooks=self.hooks,
+            meter=self.meter,
+            on_preempt=on_preempt,
+        )
+        val_loss, val_acc, _ = _evaluate_inputs(self.module, self.val_in, self.precision)
+        state.elapsed_seconds = time.monotonic() - self.run_start
+        return EpochMetrics(
+            epoch=epoch,
+            train_loss=float(totals.loss_sum) / totals.seen,
+            train_accuracy=float(totals.correct) / totals.seen,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            learning_rate=self.optimizer.param_groups[-1]["lr"],
+            seconds=time.monotonic() - epoch_start,
+        )
+
+    def checkpoint(
+        self, state: RunState, step: int = 0, partial: EpochTotals | None = None
+    ) -> None:
+        checkpoint.save(
+            self.workdir,
+            {
+                "config": asdict(self.cfg),
+                "epoch": state.epoch,
+                "step": step,
+                "partial_epoch": partial.as_dict() if partial else None,
+                "model": self._live(self._model_state(state, step)),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.precision.scaler.state_dict(),
+                "rng": checkpoint.capture_rng(),
+                "history": [m.as_dict() for m in state.history],
+                # Not asdict(): it would deep-copy every tensor of the state dict.
+                "best": {**vars(state.best), "state_dict": self._live(state.best.state_dict)},
+                "best_val_loss": state.best_val_loss,
+                "epochs_without_improvement": state.epochs_without_improvement,
+                "elapsed_seconds": state.elapsed_seconds,
+                "stop_reason": state.stop_reason,
+            },
+        )
+
+    def _model_state(self, state: RunState, step: int) -> dict[str, torch.Tensor]:
+        # Right after a best epoch the model is the best: sharing the tensors lets
+        # torch.save store them once, halving the file.
+        if step == 0 and state.best.epoch == state.epoch and state.best.state_dict:
+            return state.best.state_dict
+        return checkpoint.cpu_state(self.model)
+
+    def _live(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries that can change; the frozen rest goes to frozen.pt, once per job."""
+        path = self.workdir / checkpoint.FROZEN_FILENAME
+        if self.frozen and state_dict and not path.is_file():
+            checkpoint.atomic_torch_save({k: state_dict[k] for k in self.frozen}, path)
+        return {k: v for k, v in state_dict.items() if k not in self.frozen}
+
+    def restore(self, ckpt: dict[str, Any]) -> RunState:
+        _check_resumable(ckpt["config"], self.cfg)
+        frozen: dict[str, torch.Tensor] = {}
+        if self.frozen:
+            path = self.workdir / checkpoint.FROZEN_FILENAME
+            frozen = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict({**frozen, **ckpt["model"]})
+        ckpt["best"]["state_dict"] = {**frozen, **ckpt["best"]["state_dict"]}
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:
+            self.precision.scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.restore_rng(ckpt["rng"])
+        self.run_start = time.monotonic() - ckpt["elapsed_seconds"]
+        return RunState(
+            epoch=ckpt["epoch"],
+            step=ckpt["step"],
+            partial=ckpt["partial_epoch"],
+            history=[_metrics_from_dict(d) for d in ckpt["history"]],
+            best=Best(**ckpt["best"]),
+            best_val_loss=ckpt["best_val_loss"],
+            epochs_without_improvement=ckpt["epochs_without_improvement"],
+            elapsed_seconds=ckpt["elapsed_seconds"],
+            stop_reason=ckpt["stop_reason"],
+        )
+
+    def result(
+        self, state: RunState, val: ImageSet, class_names: list[str], resumed_from: int | None
+    ) -> FitResult:
+        """The best epoch's weights, loaded back into the model, and their report on val."""
+        self.model.load_state_dict(state.best.state_dict)
+        _, _, probs = _evaluate_inputs(self.module, self.val_in, self.precision)
+        report = metrics.classification_report(
+            np.asarray(val.labels), probs.argmax(1), probs, class_names, val.paths
+        )
+        report["stop_reason"] = state.stop_reason
+        return FitResult(
+            best_epoch=state.best.epoch,
+            state_dict=state.best.state_dict,
+            history=state.history,
+            report=report,
+            resumed_from_epoch=resumed_from,
+            stopped_early=state.stop_reason is not None,
+        )
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    current = asdict(cfg)
+    diff = [k for k in _RESUME_KEYS if saved.get(k) != current[k]]
+    if diff:
+        raise ValueError(f"the checkpoint in the workdir was written for another config: {diff}")
+
+
+def _metrics_from_dict(d: dict[str, Any]) -> EpochMetrics:
+    names = [f for f in EpochMetrics.__dataclass_fields__ if f != "extra"]
+    return EpochMetrics(**{k: d[k] for k in names}, extra={k: d[k] for k in d if k not in names})
+
+
+def _validate(cfg: TrainConfig, train: ImageSet, val: ImageSet, class_names: list[str]) -> None:
+    if cfg.num_classes != len(class_names):
+        raise ValueError(f"num_classes is {cfg.num_classes} but {len(class_names)} class names")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError("epochs and batch_size must be at least 1")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError("training needs at least one train and one val image")
+    for name, s in (("train", train), ("val", val)):
+        if s.images.ndim != 4 or s.images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
+            raise ValueError(
+                f"{name} images have shape {s.images.shape[1:]}, expected "
+                f"({cfg.image_size}, {cfg.image_size}, 3)"
+            )
+
+
+# ---------------------------------------------------------------- fit
+
+
+def fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    train: ImageSet,
+    val: ImageSet,
+    class_names: list[str],
+    hooks: Hooks,
+    workdir: Path,
+    device: torch.device,
+    *,
+    feature_cache: bool = True,
+) -> FitResult:
+    """Train `model` (in place) under `cfg`; return the best epoch on `val` and its report.
+
+    Resumes from workdir/checkpoint.pt when present. For linear_probe with
+    feature_cache=True the backbone runs once per job and augmentation does not apply.
+    """
+    _validate(cfg, train, val, class_names)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    model.to(device)
+    if _use_channels_last(cfg, device):
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(epoch_batches(len(train), cfg.batch_size, cfg.seed, 1))
+    trainer = Trainer(model, cfg, hooks, workdir, device, steps_per_epoch)
+    hooks.on_event("precision", {"precision": trainer.precision.name, "device": str(device)})
+    ckpt = checkpoint.load(workdir)
+    if ckpt is None:
+        # Files without a checkpoint belong to some earlier, abandoned start.
+        for stale in (features.FILENAME, checkpoint.FROZEN_FILENAME):
+            (workdir / stale).unlink(missing_ok=True)
+        state, resumed_from = RunState(), None
+    else:
+        state, resumed_from = trainer.restore(ckpt), ckpt["epoch"]
+        hooks.on_event("resumed", {"epoch": state.epoch, "step": state.step})
+    trainer.set_data(train, val, feature_cache)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if state.stop_reason:
+            break
+        m = trainer.run_epoch(state, epoch, len(train))
+        state.record(m, model, cfg)
+        trainer.checkpoint(state)
+        hooks.on_epoch_end(m)
+    return trainer.result(state, val, class_names, resumed_from)
