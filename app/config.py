@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     inline_ingest_bytes: int = 64 * 1024**2
 
     lease_seconds: float = 60.0
+    # How often a running job writes its progress (every epoch's end is written too).
+    progress_interval_seconds: float = 1.0
     # Also how often a running job notices a cancel request.
     heartbeat_seconds: float = 2.0
     max_attempts: int = 3

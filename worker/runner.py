@@ -215,7 +215,7 @@ def _train(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbe
     cfg = train_config(spec, architecture, len(classes))
     model = _build_model(claimed, settings, storage, cfg)
     _record_validation_set(claimed, storage, val)
-    hooks = _hooks(claimed, beat)
+    hooks = _hooks(claimed, beat, settings.progress_interval_seconds)
     device = engine.select_device()
     result = engine.fit(
         model, cfg, train, val, classes, hooks, attempt_workdir(storage, claimed), device
@@ -231,7 +231,7 @@ def _record_validation_set(claimed: Claimed, storage: Storage, val: ImageSet) ->
         write_json(path, {"paths": val.paths, "labels": [int(x) for x in val.labels]})
 
 
-def _hooks(claimed: Claimed, beat: Heartbeat) -> Hooks:
+def _hooks(claimed: Claimed, beat: Heartbeat, progress_every: float) -> Hooks:
     state = {"last_progress": 0.0}
     metrics = claimed.metrics
 
@@ -246,7 +246,7 @@ def _hooks(claimed: Claimed, beat: Heartbeat) -> Hooks:
 
     def on_progress(p: Progress) -> None:
         now = time.monotonic()
-        if now - state["last_progress"] < 1.0 and p.step < p.steps_per_epoch:
+        if now - state["last_progress"] < progress_every and p.step < p.steps_per_epoch:
             return
         state["last_progress"] = now
         _write(claimed, progress=_progress_dict(p))
@@ -297,7 +297,7 @@ def _write(
 
 def attempt_workdir(storage: Storage, claimed: Claimed) -> Path:
     """The directory this attempt checkpoints into, seeded with the newest checkpoint
-    of earlier attempts.
+    of earlier attempts (and the files that go with it: frozen weights, features).
 
     Each attempt writes only its own directory: a worker that was frozen (not dead)
     and wakes up after losing its lease cannot overwrite its successor's checkpoint.
@@ -305,16 +305,16 @@ def attempt_workdir(storage: Storage, claimed: Claimed) -> Path:
     job_dir = storage.job_dir(claimed.job_id)
     workdir = job_dir / f"attempt-{claimed.attempt}"
     workdir.mkdir(parents=True, exist_ok=True)
-    own = workdir / CHECKPOINT
-    if not own.exists():
-        earlier = [
-            d / CHECKPOINT
-            for d in job_dir.glob("attempt-*")
-            if d != workdir and (d / CHECKPOINT).exists()
-        ]
-        if earlier:
-            newest = max(earlier, key=lambda p: p.stat().st_mtime)
-            os.link(newest, own)  # a hard link: later writes there replace, not change, it
+    if (workdir / CHECKPOINT).exists():
+        return workdir
+    earlier = [d for d in job_dir.glob("attempt-*") if d != workdir and (d / CHECKPOINT).exists()]
+    if earlier:
+        newest = max(earlier, key=lambda d: (d / CHECKPOINT).stat().st_mtime)
+        for path in newest.iterdir():
+            if path.is_file() and not path.name.startswith("."):
+                # Hard links: the earlier attempt replacing its files later (by rename)
+                # does not change ours.
+                os.link(path, workdir / path.name)
     return workdir
 
 

@@ -33,7 +33,7 @@ from tests.e2e.helpers import RedisServer, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
-SIZE = 32
+SIZE = 24
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def stack(
     configure(env)
     api = make_api()
     key = api.new_team()
-    files = {"file": ("d.zip", zip_dataset(digits_images((0, 1, 2), 60, SIZE)), "application/zip")}
+    files = {"file": ("d.zip", zip_dataset(digits_images((0, 1, 2), 40, SIZE)), "application/zip")}
     ds = api.as_team(key, "POST", "/v1/datasets", files=files).json()
     workers: list[WorkerProcess] = []
     yield {
@@ -251,7 +251,7 @@ def test_cancel_queued_and_running(stack: dict[str, Any]) -> None:
     assert r.json()["status"] == "cancelled"
     running = create(stack, epochs=50)
     start(stack, "a")
-    wait_in_epoch(stack, running, 1)
+    wait_in_epoch(stack, running, 2)  # so there is a checkpoint to keep
     stack["api"].as_team(stack["key"], "POST", f"/v1/jobs/{running}/cancel")
     j = wait_status(stack, running, "cancelled", timeout=20)
     assert j["result"] is None
