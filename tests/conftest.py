@@ -15,6 +15,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,9 @@ class Api:
         return self.client.request(method, url, headers=headers, **kw)
 
 
-@pytest.fixture
-def make_api() -> Iterator[Callable[[], Api]]:
+@contextmanager
+def api_factory(env: dict[str, str] | None = None) -> Iterator[Callable[[], Api]]:
+    """Make API clients (each a started app), configured with `env` if given."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
@@ -211,14 +213,24 @@ def make_api() -> Iterator[Callable[[], Api]]:
     clients: list[Any] = []
 
     def factory() -> Api:
+        if env is not None:
+            configure(env)
         client = TestClient(create_app())
         client.__enter__()
         clients.append(client)
         return Api(client)
 
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
+    try:
+        yield factory
+    finally:
+        for client in clients:
+            client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_api() -> Iterator[Callable[[], Api]]:
+    with api_factory() as factory:
+        yield factory
 
 
 # -- data -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from app.api.deps import (
     StorageDep,
 )
 from app.api.uploads import multipart_body, stream_form
-from app.schemas.common import ERROR_RESPONSES, PageOf
+from app.schemas.common import ERROR_RESPONSES, PageOf, page_of
 from app.schemas.datasets import DatasetForm, DatasetRead
 from app.services import datasets as service
 
@@ -74,11 +74,7 @@ def list_datasets(
     session: SessionDep, team: CurrentTeam, limit: Limit = 20, cursor: Cursor = None
 ) -> PageOf[DatasetRead]:
     page = service.list_datasets(session, team, limit=limit, cursor=cursor)
-    return PageOf[DatasetRead](
-        data=[DatasetRead.model_validate(d) for d in page.items],
-        has_more=page.has_more,
-        next_cursor=page.next_cursor,
-    )
+    return page_of(DatasetRead, page)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)

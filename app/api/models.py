@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
 from app.api.uploads import multipart_body, stream_form
 from app.errors import InvalidInput
-from app.schemas.common import ERROR_RESPONSES, PageOf
+from app.schemas.common import ERROR_RESPONSES, PageOf, page_of
 from app.schemas.models import ModelForm, ModelRead, PredictResponse
 from app.services import models as service
 from app.services import predictions
@@ -27,11 +27,7 @@ def list_models(
     session: SessionDep, team: CurrentTeam, limit: Limit = 20, cursor: Cursor = None
 ) -> PageOf[ModelRead]:
     page = service.list_models(session, team, limit=limit, cursor=cursor)
-    return PageOf[ModelRead](
-        data=[ModelRead.model_validate(m) for m in page.items],
-        has_more=page.has_more,
-        next_cursor=page.next_cursor,
-    )
+    return page_of(ModelRead, page)
 
 
 @router.get("/{model_id}", response_model=ModelRead)

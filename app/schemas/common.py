@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +24,29 @@ class PageOf(BaseModel, Generic[T]):
     data: list[T]
     has_more: bool = Field(examples=[False])
     next_cursor: str | None = Field(None, examples=[None])
+
+
+class PageLike(Protocol):
+    @property
+    def items(self) -> Sequence[object]: ...
+
+    @property
+    def has_more(self) -> bool: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def page_of(schema: type[M], page: PageLike) -> PageOf[M]:
+    """A page of rows from a repository, each validated into `schema`."""
+    return PageOf(
+        data=[schema.model_validate(i) for i in page.items],
+        has_more=page.has_more,
+        next_cursor=page.next_cursor,
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -10,6 +10,7 @@ from tests.conftest import (
     REDIS_URL,
     Api,
     WorkerProcess,
+    api_factory,
     base_env,
     configure,
     require_server,
@@ -40,19 +41,5 @@ def pg_api(pg_stack: dict[str, str], make_api: Callable[[], Api]) -> Api:
 @pytest.fixture(scope="module")
 def make_api_module(pg_stack: dict[str, str]) -> Iterator[Callable[[], Api]]:
     """make_api for module-scoped fixtures (the stack's settings applied)."""
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-
-    clients: list[TestClient] = []
-
-    def factory() -> Api:
-        configure(pg_stack)
-        client = TestClient(create_app())
-        client.__enter__()
-        clients.append(client)
-        return Api(client)
-
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
+    with api_factory(pg_stack) as factory:
+        yield factory

@@ -1,0 +1,286 @@
+"""Domain adaptation on shifted digits (bench/domain_shift.py) with a tiny resnet18 at 16 px."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench.domain_shift import CLASS_NAMES, DomainShift, build
+from tests.worker.conftest import tiny_config
+from worker.adapt import AdaptationNotApplicable, AdaptResult, adapt, pseudo_label, report
+from worker.training import engine, registry
+from worker.training.types import Hooks, ImageSet, TrainConfig, TrainingStopped
+
+CPU = torch.device("cpu")
+SIZE = 16
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass
+class Trained:
+    cfg: TrainConfig
+    state: dict[str, torch.Tensor]
+    data: DomainShift
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A resnet18 trained briefly on 200 source digits; 96 unlabeled target images."""
+    data = build(SIZE, seed=0, source_train=200, source_val=64, target_train=96)
+    data.target_test = _head(data.target_test, 64)
+    cfg = tiny_config(epochs=3, augmentation="none")
+    torch.manual_seed(0)
+    model = registry.build_model("resnet18", 10, weights="none", cache_dir=Path(), image_size=SIZE)
+    workdir = tmp_path_factory.mktemp("source")
+    result = engine.fit(
+        model, cfg, data.source_train, data.source_val, CLASS_NAMES, Hooks(), workdir, CPU
+    )
+    assert result.report["accuracy"] > 0.5  # it learnt the source task
+    return Trained(cfg, result.state_dict, data)
+
+
+def _head(s: ImageSet, n: int) -> ImageSet:
+    return ImageSet(s.images[:n], s.labels[:n], s.paths[:n])
+
+
+def _model(t: Trained) -> nn.Module:
+    return registry.build_from_state("resnet18", 10, t.state, SIZE)
+
+
+def _adapt(
+    t: Trained,
+    options: Mapping[str, Any],
+    *,
+    model: nn.Module | None = None,
+    target: np.ndarray | None = None,
+    target_eval: ImageSet | None = None,
+    hooks: Hooks | None = None,
+    source_train: ImageSet | None = None,
+) -> AdaptResult:
+    return adapt(
+        model if model is not None else _model(t),
+        options,
+        cfg=t.cfg,
+        source_val=t.data.source_val,
+        source_train=source_train or t.data.source_train,
+        target=t.data.target_train.images if target is None else target,
+        target_eval=target_eval,
+        device=CPU,
+        hooks=hooks or Hooks(),
+        class_names=CLASS_NAMES,
+    )
+
+
+def _changed(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> set[str]:
+    assert before.keys() == after.keys()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def _bn_stat_keys(model: nn.Module) -> set[str]:
+    return {
+        f"{name}.{stat}"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for stat in BN_STATS
+    }
+
+
+# ---------------------------------------------------------------- adabn
+
+
+def test_adabn_changes_batchnorm_statistics_and_nothing_else(trained: Trained) -> None:
+    model = _model(trained)
+    result = _adapt(trained, {"method": "adabn"}, model=model)
+    assert result.kept == "adapted", result.report.get("guard_reason")
+    changed = _changed(trained.state, result.state_dict)
+    # Every BatchNorm layer got new statistics, and no parameter or other buffer moved.
+    assert changed == _bn_stat_keys(model)
+
+    # The first BatchNorm now holds the target's own statistics of conv1's output (96
+    # images: one batch, so the cumulative average is exact).
+    x = engine.ImageInputs(
+        ImageSet(trained.data.target_train.images, np.zeros(96, np.int64), [""] * 96),
+        trained.cfg,
+        CPU,
+        augmentation="none",
+    ).batch(np.arange(96), 0, 0)[0]
+    with torch.no_grad():
+        y = _model(trained).conv1(x)
+    torch.testing.assert_close(result.state_dict["bn1.running_mean"], y.mean((0, 2, 3)))
+    torch.testing.assert_close(
+        result.state_dict["bn1.running_var"], y.transpose(0, 1).flatten(1).var(1)
+    )
+    assert result.history and result.report["method"] == "adabn"
+
+
+def test_adabn_needs_batchnorm_and_tent_takes_layernorm() -> None:
+    cfg = tiny_config()
+    no_norm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    layer_norm = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LayerNorm(4 * 14 * 14), nn.Linear(4 * 14 * 14, 10)
+    )
+    t = Trained(cfg, {}, build(SIZE, source_train=32, source_val=16, target_train=16))
+    with pytest.raises(AdaptationNotApplicable, match="BatchNorm"):
+        _adapt(t, {"method": "adabn"}, model=layer_norm)
+    with pytest.raises(AdaptationNotApplicable, match="normalisation"):
+        _adapt(t, {"method": "tent"}, model=no_norm)
+    before = {k: v.clone() for k, v in layer_norm.state_dict().items()}
+    result = _adapt(t, {"method": "tent", "steps": 3, "learning_rate": 0.05}, model=layer_norm)
+    assert result.kept == "adapted", result.report.get("guard_reason")
+    assert _changed(before, result.state_dict) == {"2.weight", "2.bias"}
+
+
+def test_stop_request_interrupts_adaptation(trained: Trained) -> None:
+    with pytest.raises(TrainingStopped) as info:
+        _adapt(trained, {"method": "adabn"}, hooks=Hooks(should_stop=lambda: "cancelled"))
+    assert info.value.reason == "cancelled"
+
+
+# ---------------------------------------------------------------- tent
+
+
+def test_tent_changes_only_normalisation_affine_parameters(trained: Trained) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    hooks = Hooks(on_event=lambda kind, data: events.append((kind, data)))
+    model = _model(trained)
+    result = _adapt(trained, {"method": "tent", "steps": 4}, model=model, hooks=hooks)
+    assert result.kept == "adapted", result.report.get("guard_reason")
+    changed = _changed(trained.state, result.state_dict)
+    affine = {
+        f"{name}.{p}"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for p in ("weight", "bias")
+    }
+    stats = _bn_stat_keys(model)
+    # Some affine parameters moved; nothing outside BatchNorm did (conv and fc weights).
+    assert changed & affine
+    assert changed <= affine | stats
+    assert not any(k.startswith(("fc.", "conv1.")) for k in changed)
+    assert [d["index"] for kind, d in events if kind == "adaptation_epoch"] == [1, 2, 3, 4]
+    assert all(np.isfinite(h["entropy"]) for h in result.history)
+
+
+# ---------------------------------------------------------------- dann
+
+
+def test_dann_records_domain_loss_per_epoch(trained: Trained) -> None:
+    events: list[dict[str, Any]] = []
+    hooks = Hooks(on_event=lambda kind, data: events.append(data))
+    result = _adapt(
+        trained,
+        {"method": "dann", "epochs": 2},
+        hooks=hooks,
+        source_train=_head(trained.data.source_train, 64),
+    )
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for h in result.history:
+        assert np.isfinite(h["domain_loss"]) and h["domain_loss"] > 0
+        assert 0 <= h["domain_accuracy"] <= 1 and np.isfinite(h["classification_loss"])
+    # The reversal weight ramps up towards domain_loss_weight.
+    assert 0 < result.history[0]["reversal_weight"] < result.history[1]["reversal_weight"] <= 1
+    assert [(e["method"], e["unit"], e["index"], e["total"]) for e in events] == [
+        ("dann", "epoch", 1, 2),
+        ("dann", "epoch", 2, 2),
+    ]
+    if result.kept == "adapted":
+        assert _changed(trained.state, result.state_dict)
+
+
+# ---------------------------------------------------------------- pseudo-labels
+
+
+def test_pseudo_label_trains_on_source_plus_confident_targets(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = trained.data.target_train.images
+    probs = engine.predict_proba(_model(trained), target, trained.cfg, CPU)
+    threshold = float(np.median(probs.max(1)))  # about half the targets pass
+    confident = np.flatnonzero(probs.max(1) >= threshold)
+    assert 0 < len(confident) < len(target)
+
+    seen: list[ImageSet] = []
+    real_fit = engine.fit
+
+    def spy(model: nn.Module, cfg: TrainConfig, train: ImageSet, *a: Any, **kw: Any) -> Any:
+        seen.append(train)
+        return real_fit(model, cfg, train, *a, **kw)
+
+    monkeypatch.setattr(pseudo_label.engine, "fit", spy)
+    source = _head(trained.data.source_train, 64)
+    options = {"method": "pseudo_label", "rounds": 1, "epochs": 1, "threshold": threshold}
+    result = _adapt(trained, options, source_train=source)
+
+    (train,) = seen
+    assert len(train) == len(source) + len(confident)
+    np.testing.assert_array_equal(train.images[len(source) :], target[confident])
+    np.testing.assert_array_equal(train.labels[len(source) :], probs[confident].argmax(1))
+    (entry,) = result.history
+    assert entry["pseudo_labels"] == len(confident)
+    counts = np.bincount(probs[confident].argmax(1), minlength=10).tolist()
+    assert list(entry["class_counts"].values()) == counts
+
+
+# ---------------------------------------------------------------- report and guard
+
+
+def test_guard_keeps_the_unadapted_model_when_adaptation_breaks_it(trained: Trained) -> None:
+    # Constant target images give BatchNorm zero variance: the recalibrated model is
+    # useless on the source, which the guard sees on the source validation set.
+    constant = np.full((32, SIZE, SIZE, 3), 128, dtype=np.uint8)
+    model = _model(trained)
+    result = _adapt(trained, {"method": "adabn"}, model=model, target=constant)
+    assert result.kept == "unadapted"
+    assert "source validation accuracy fell" in result.report["guard_reason"]
+    assert result.report["kept"] == "unadapted"
+    assert not _changed(trained.state, result.state_dict)
+    assert not _changed(trained.state, model.state_dict())  # the model is restored too
+
+
+def test_guard_refuses_a_lower_target_eval_accuracy(trained: Trained) -> None:
+    # Tent at a huge learning rate wrecks the model; labelled target data shows it.
+    options = {"method": "tent", "steps": 10, "learning_rate": 1.0}
+    result = _adapt(trained, options, target_eval=trained.data.target_test)
+    acc = result.report["target_eval_accuracy"]
+    assert acc["after"] < acc["before"]
+    assert result.kept == "unadapted" and result.report["guard_reason"]
+    assert not _changed(trained.state, result.state_dict)
+
+
+def test_report_measures_before_and_after(trained: Trained) -> None:
+    result = _adapt(trained, {"method": "adabn"}, target_eval=trained.data.target_test)
+    r = result.report
+    assert r["method"] == "adabn" and r["kept"] == result.kept
+    target = r["target"]
+    assert target["num_images"] == 96
+    for when in ("before", "after"):
+        assert list(target["predicted_classes"][when]) == CLASS_NAMES
+        assert sum(target["predicted_classes"][when].values()) == 96
+        assert 0.1 <= target["mean_confidence"][when] <= 1
+        assert 0 <= r["target_eval_accuracy"][when] <= 1
+        assert 0 <= r["source_val_accuracy"][when] <= 1
+    assert "guard_reason" not in r or result.kept == "unadapted"
+
+
+def _snap(counts: list[int], eval_acc: float | None = None, src: float = 0.9) -> report.Snapshot:
+    return report.Snapshot(src, np.array(counts), 0.5, eval_acc)
+
+
+def test_guard_rules() -> None:
+    spread, collapsed = [10] * 10, [91] + [1] * 9
+    assert "collapsed" in str(report.guard(_snap(spread), _snap(collapsed)))
+    assert report.guard(_snap(spread), _snap([40] + [60 // 9] * 9)) is None
+    # A model that was concentrated already must rise by COLLAPSE_MIN_RISE to be refused.
+    assert report.guard(_snap([70] + [3] * 9), _snap([90] + [1] * 9)) is None
+    # Labelled target data overrides the heuristic, both ways.
+    assert report.guard(_snap(spread, 0.5), _snap(collapsed, 0.8)) is None
+    assert "target evaluation" in str(report.guard(_snap(spread, 0.5), _snap(spread, 0.45)))
+    assert report.guard(_snap(spread, src=0.9), _snap(spread, src=0.81)) is None
+    assert "source validation" in str(report.guard(_snap(spread, src=0.9), _snap(spread, src=0.79)))
