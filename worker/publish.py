@@ -33,7 +33,8 @@ class Trained:
     classes: list[str]
     train: ImageSet
     val: ImageSet
-    model: torch.nn.Module  # holding the kept (best) weights
+    model: torch.nn.Module  # holding the kept (best, then adapted) weights
+    adaptation: dict[str, Any] | None = None  # the domain adaptation report
 
 
 @dataclass
@@ -56,7 +57,10 @@ def write_model(
     result, cfg = trained.result, trained.cfg
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / "model.safetensors"
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in result.state_dict.items()}
+    # The model, not result.state_dict: it holds the best epoch's weights after any
+    # domain adaptation the guard accepted.
+    state = trained.model.state_dict()
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     with atomic_writer(weights) as fh:
         fh.write(save(tensors, metadata={"architecture": cfg.architecture, "job_id": job_id}))
     prep = preprocessing(ARCHITECTURES[cfg.architecture], cfg.image_size)
@@ -80,6 +84,7 @@ def write_model(
         "metrics": metrics,
         "report": result.report,
         "export": export,
+        "domain_adaptation": trained.adaptation,
         "recommended_artifact": recommended,
         "spec": spec,
         "validation_set": {
@@ -93,6 +98,8 @@ def write_model(
     artifacts.insert(1, describe_file(directory / "metadata.json", "metadata"))
     if export is not None:
         metrics = {**metrics, "export": export}
+    if trained.adaptation is not None:
+        metrics = {**metrics, "domain_adaptation": trained.adaptation}
     return Published(artifacts, {**metrics, "report": result.report}, prep, recommended)
 
 

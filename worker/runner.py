@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from sqlalchemy.exc import OperationalError
@@ -32,6 +33,7 @@ from app.repositories.models import ModelRepository
 from app.services.events import record_event
 from app.services.jobs import dispatch_job
 from app.storage import Storage, write_json
+from worker.adapt.run import AdaptationNotApplicable, adapt
 from worker.errors import JobFailed, TransientFailure
 from worker.lease import Heartbeat
 from worker.publish import Trained, write_model
@@ -213,6 +215,9 @@ def _train(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbe
     except data.DatasetError as exc:
         raise JobFailed("dataset_unusable", str(exc)) from exc
     cfg = train_config(spec, architecture, len(classes))
+    # Seeded before the model is built: a new head's initial weights depend on it, and
+    # the same spec must give the same model on the CPU.
+    engine.seed_everything(cfg.seed)
     model = _build_model(claimed, settings, storage, cfg)
     _record_validation_set(claimed, storage, val)
     hooks = _hooks(claimed, beat, settings.progress_interval_seconds)
@@ -221,7 +226,46 @@ def _train(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbe
         model, cfg, train, val, classes, hooks, attempt_workdir(storage, claimed), device
     )
     model.load_state_dict(result.state_dict)
-    return Trained(result=result, cfg=cfg, classes=classes, train=train, val=val, model=model)
+    trained = Trained(result=result, cfg=cfg, classes=classes, train=train, val=val, model=model)
+    if spec.get("domain_adaptation"):
+        trained.adaptation = _adapt(claimed, storage, trained, hooks, device)
+    return trained
+
+
+def _adapt(
+    claimed: Claimed, storage: Storage, trained: Trained, hooks: Hooks, device: torch.device
+) -> dict[str, Any]:
+    """Adapt the kept model to the target domain; it changes only if the guard agrees."""
+    options = claimed.spec["domain_adaptation"]
+    size = trained.cfg.image_size
+    try:
+        target = data.all_images(storage.dataset_dir(options["target_dataset_id"]), size)
+        evaluation = None
+        if options.get("target_eval_dataset_id"):
+            evaluation = data.labeled_set(
+                storage.dataset_dir(options["target_eval_dataset_id"]), size, trained.classes
+            )
+    except data.DatasetError as exc:
+        raise JobFailed("dataset_unusable", f"domain adaptation: {exc}") from exc
+    try:
+        result = adapt(
+            trained.model,
+            options,
+            cfg=trained.cfg,
+            source_val=trained.val,
+            source_train=trained.train,
+            target=np.asarray(target),
+            target_eval=evaluation,
+            device=device,
+            hooks=hooks,
+            class_names=trained.classes,
+        )
+    except AdaptationNotApplicable as exc:
+        raise JobFailed("adaptation_not_applicable", str(exc)) from exc
+    trained.model.load_state_dict(result.state_dict)
+    summary = {**result.report, "kept": result.kept, "history": result.history}
+    hooks.on_event("adapted", {"method": options["method"], "kept": result.kept})
+    return summary
 
 
 def _record_validation_set(claimed: Claimed, storage: Storage, val: ImageSet) -> None:
@@ -333,8 +377,9 @@ def _publish(claimed: Claimed, settings: Settings, storage: Storage, trained: Tr
         storage.model_dir(model_id), model_id, claimed.job_id, claimed.spec, trained
     )
     report = {"best_epoch": result.best_epoch, **result.report}
-    if "export" in published.metrics:
-        report["export"] = published.metrics["export"]
+    for key in ("export", "domain_adaptation"):
+        if key in published.metrics:
+            report[key] = published.metrics[key]
     with session_scope() as session:
         repo = JobRepository(session)
         models = ModelRepository(session)

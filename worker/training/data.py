@@ -78,6 +78,28 @@ def split_indices(
     return stratified_split(labels, validation_split, seed)
 
 
+def all_images(dataset_dir: Path, size: int) -> np.ndarray:
+    """Every image of a dataset (say an unlabeled target domain), decoded once."""
+    return decoded_images(dataset_dir, load_manifest(dataset_dir), size)
+
+
+def labeled_set(dataset_dir: Path, size: int, class_names: list[str]) -> ImageSet:
+    """Every image of a labeled dataset, its labels renumbered to `class_names`' order."""
+    manifest = load_manifest(dataset_dir)
+    images = decoded_images(dataset_dir, manifest, size)
+    index = {name: i for i, name in enumerate(class_names)}
+    own = list(manifest["classes"])
+    try:
+        labels = [index[own[int(it["label"])]] for it in manifest["items"]]
+    except KeyError as exc:
+        raise DatasetError(f"class {exc} is not one of the model's classes") from exc
+    return ImageSet(
+        images=np.asarray(images),
+        labels=np.asarray(labels, dtype=np.int64),
+        paths=[str(it["path"]) for it in manifest["items"]],
+    )
+
+
 def image_sets(
     dataset_dir: Path, size: int, validation_split: float, seed: int
 ) -> tuple[ImageSet, ImageSet, list[str]]:

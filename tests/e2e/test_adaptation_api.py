@@ -1,0 +1,167 @@
+"""Domain adaptation through the whole service: source digits, an unlabeled target of
+the same digits rendered differently (bench/domain_shift.py), and a labeled target set
+for evaluation. Each method runs in a real worker and changes what it should."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load
+
+from bench import domain_shift
+from tests.conftest import Api
+from tests.e2e.helpers import wait_done
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
+
+SIZE = 16
+CLASSES = (0, 1, 2)
+
+
+def zipped(images: np.ndarray, labels: np.ndarray | None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, img in enumerate(images):
+            png = io.BytesIO()
+            Image.fromarray(img).save(png, format="PNG")
+            folder = f"digit_{labels[i]}" if labels is not None else f"batch_{i % 3}/sub"
+            zf.writestr(f"{folder}/{i:04d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def subset(images: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.flatnonzero(np.isin(labels, CLASSES))[:n]
+    return images[keep], labels[keep]
+
+
+@pytest.fixture(scope="module")
+def ctx(pg_stack: dict[str, str], make_api_module: Any) -> dict[str, Any]:
+    api: Api = make_api_module()
+    key = api.new_team()
+    shift = domain_shift.build(
+        size=SIZE, seed=0, source_train=600, source_val=150, target_train=400
+    )
+    src = subset(shift.source_train.images, shift.source_train.labels, 90)
+    tgt = subset(shift.target_train.images, shift.target_train.labels, 60)
+    evaluation = subset(shift.target_test.images, shift.target_test.labels, 60)
+
+    def post(data: bytes, kind: str) -> str:
+        files = {"file": ("d.zip", data, "application/zip")}
+        r = api.as_team(key, "POST", "/v1/datasets", files=files, data={"kind": kind})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    return {
+        "api": api,
+        "key": key,
+        "source": post(zipped(*src), "labeled"),
+        "target": post(zipped(tgt[0], None), "unlabeled"),
+        "eval": post(zipped(*evaluation), "labeled"),
+    }
+
+
+def run(ctx: dict[str, Any], adaptation: dict[str, Any] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset_id": ctx["source"],
+        "base_model": "resnet18",
+        "pretrained_weights": "none",
+        "strategy": "full",
+        "hyperparameters": {
+            "epochs": 2,
+            "batch_size": 16,
+            "learning_rate": 0.003,
+            "image_size": SIZE,
+            "augmentation": "none",
+            "seed": 3,
+        },
+    }
+    if adaptation is not None:
+        spec["domain_adaptation"] = {
+            "target_dataset_id": ctx["target"],
+            "target_eval_dataset_id": ctx["eval"],
+            **adaptation,
+        }
+    r = ctx["api"].as_team(ctx["key"], "POST", "/v1/jobs", json=spec)
+    assert r.status_code == 201, r.text
+    job = wait_done(ctx["api"], ctx["key"], r.json()["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def weights(ctx: dict[str, Any], job: dict[str, Any]) -> dict[str, torch.Tensor]:
+    url = f"/v1/models/{job['result']['model_id']}/artifacts/safetensors"
+    return dict(load(ctx["api"].as_team(ctx["key"], "GET", url).content))
+
+
+@pytest.fixture(scope="module")
+def baseline(ctx: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The same job without adaptation: training is deterministic on the CPU."""
+    return weights(ctx, run(ctx, None))
+
+
+def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
+    assert a.keys() == b.keys()
+    return {k for k in a if not torch.equal(a[k], b[k])}
+
+
+def is_bn_stat(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def test_adabn_changes_batchnorm_statistics_only(
+    ctx: dict[str, Any], baseline: dict[str, torch.Tensor]
+) -> None:
+    job = run(ctx, {"method": "adabn"})
+    report = job["report"]["domain_adaptation"]
+    assert report["method"] == "adabn"
+    if report["kept"] != "adapted":
+        pytest.fail(f"the guard refused AdaBN here: {report}")
+    diff = changed(baseline, weights(ctx, job))
+    assert diff and all(is_bn_stat(k) for k in diff)
+    assert report["target_eval_accuracy"]["after"] is not None
+    assert set(report["target"]["predicted_classes"]["after"]) == {"digit_0", "digit_1", "digit_2"}
+
+
+def test_tent_changes_normalisation_affine_parameters_only(
+    ctx: dict[str, Any], baseline: dict[str, torch.Tensor]
+) -> None:
+    job = run(ctx, {"method": "tent", "steps": 10})
+    report = job["report"]["domain_adaptation"]
+    if report["kept"] != "adapted":
+        pytest.fail(f"the guard refused Tent here: {report}")
+    diff = changed(baseline, weights(ctx, job)) - {k for k in baseline if is_bn_stat(k)}
+    bn_affine = {k for k in baseline if k.rsplit(".", 1)[0].split(".")[-1].startswith("bn")}
+    assert diff and diff <= bn_affine | {k for k in baseline if "downsample.1" in k}
+
+
+def test_dann_records_the_domain_loss_per_epoch(ctx: dict[str, Any]) -> None:
+    job = run(ctx, {"method": "dann", "epochs": 2})
+    history = job["report"]["domain_adaptation"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["domain_loss"]) for h in history)
+
+
+def test_pseudo_label_rounds_are_reported(ctx: dict[str, Any]) -> None:
+    job = run(ctx, {"method": "pseudo_label", "rounds": 1, "epochs": 1, "threshold": 0.5})
+    report = job["report"]["domain_adaptation"]
+    assert len(report["history"]) == 1
+    assert report["kept"] in ("adapted", "unadapted")
+    assert {"before", "after"} == set(report["source_val_accuracy"])
+    assert report["target"]["mean_confidence"]["before"] is not None
+
+
+def test_the_guard_keeps_the_unadapted_model_when_adaptation_fails(
+    ctx: dict[str, Any], baseline: dict[str, torch.Tensor]
+) -> None:
+    # A learning rate far too large makes entropy minimisation collapse.
+    job = run(ctx, {"method": "tent", "steps": 60, "learning_rate": 1.0})
+    report = job["report"]["domain_adaptation"]
+    assert report["kept"] == "unadapted"
+    assert report["guard_reason"]
+    assert changed(baseline, weights(ctx, job)) == set()

@@ -1,0 +1,11 @@
+"""Domain adaptation: fit a trained model to unlabeled images of the deployment domain.
+
+worker.adapt.run.adapt() is the entry point (called after training, before export);
+one module per method: adabn, tent, dann, pseudo_label; report holds the measurements
+and the guard that keeps the unadapted model when adaptation made things worse.
+"""
+
+from worker.adapt.common import AdaptationNotApplicable, AdaptResult
+from worker.adapt.run import adapt
+
+__all__ = ["AdaptResult", "AdaptationNotApplicable", "adapt"]

@@ -1,0 +1,92 @@
+"""The entry point the job runner calls between training and export."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worker.adapt import adabn, dann, pseudo_label, report, tent
+from worker.adapt.common import AdaptationNotApplicable, AdaptJob, AdaptResult, preserved_modes
+from worker.training import checkpoint, engine
+from worker.training.types import Hooks, ImageSet, TrainConfig
+
+__all__ = ["AdaptResult", "AdaptationNotApplicable", "adapt"]
+
+Method = Callable[[AdaptJob], list[dict[str, Any]]]
+METHODS: dict[str, Method] = {
+    "adabn": adabn.run,
+    "tent": tent.run,
+    "dann": dann.run,
+    "pseudo_label": pseudo_label.run,
+}
+# Checked before anything runs, so an inapplicable spec fails fast.
+CHECKS: dict[str, Callable[[nn.Module], None]] = {"adabn": adabn.check, "tent": tent.check}
+
+
+def adapt(
+    model: nn.Module,
+    options: Mapping[str, Any],
+    *,
+    cfg: TrainConfig,
+    source_val: ImageSet,
+    source_train: ImageSet,
+    target: np.ndarray,
+    target_eval: ImageSet | None,
+    device: torch.device,
+    hooks: Hooks,
+    class_names: Sequence[str] | None = None,
+) -> AdaptResult:
+    """Adapt the trained `model` (in place) to the unlabeled `target` images.
+
+    Measures the model before and after; when report.guard() refuses the adapted model,
+    the original weights go back into `model` and into the result (kept="unadapted").
+    Raises AdaptationNotApplicable (method does not fit the model), ValueError (bad
+    options or target images) and TrainingStopped (hooks.should_stop() asked).
+    """
+    method = options.get("method")
+    if method not in METHODS:
+        raise ValueError(f"unknown domain adaptation method {method!r}; one of {sorted(METHODS)}")
+    CHECKS.get(method, lambda m: None)(model)
+    _check_target(target, cfg)
+    names = (
+        list(class_names) if class_names is not None else [str(i) for i in range(cfg.num_classes)]
+    )
+    if len(names) != cfg.num_classes:
+        raise ValueError(f"num_classes is {cfg.num_classes} but {len(names)} class names")
+    model.to(device)
+    original = checkpoint.cpu_state(model)
+    sources = (source_train, source_val)
+    before = report.snapshot(model, cfg, device, sources, target, target_eval)
+    job = AdaptJob(model, options, cfg, source_train, source_val, target, device, hooks, names)
+    engine.seed_everything(cfg.seed)
+    with preserved_modes(model):
+        history = METHODS[method](job)
+    after = report.snapshot(model, cfg, device, sources, target, target_eval)
+    reason = report.guard(before, after)
+    if reason is None:
+        state = checkpoint.cpu_state(model)
+    else:
+        model.load_state_dict(original)
+        state = original
+    return AdaptResult(
+        state_dict=state,
+        kept="unadapted" if reason else "adapted",
+        report=report.build(method, dict(options), before, after, names, reason),
+        history=history,
+    )
+
+
+def _check_target(target: np.ndarray, cfg: TrainConfig) -> None:
+    size = cfg.image_size
+    if target.dtype != np.uint8 or target.ndim != 4 or target.shape[1:] != (size, size, 3):
+        raise ValueError(
+            f"target images must be uint8 (N, {size}, {size}, 3), got {target.dtype} "
+            f"{tuple(target.shape)}"
+        )
+    # BatchNorm in train mode (adabn, tent, dann) cannot take a batch of one image.
+    if len(target) < 2:
+        raise ValueError(f"domain adaptation needs at least 2 target images, got {len(target)}")
