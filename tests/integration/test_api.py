@@ -290,3 +290,54 @@ def test_model_upload_takes_safetensors_only(api: Api, tmp_path: Any) -> None:
     assert model["source"] == "upload" and model["classes"] == ["a", "b"]
     raw = api.as_team(key, "GET", f"/v1/models/{model['id']}/artifacts/safetensors").content
     assert raw == weights
+
+
+def test_bad_domain_adaptation_combinations(api: Api, queue_len: Callable[[], int]) -> None:
+    key, other = api.new_team("a"), api.new_team("b")
+    source = upload(api, key, small_zip()).json()["id"]
+    labeled_target = upload(api, key, zip_dataset(digits_images(per_class=6, offset=20))).json()[
+        "id"
+    ]
+    files = {"file": ("t.zip", zip_dataset(digits_images(per_class=5, offset=30)), "x")}
+    unlabeled = api.as_team(key, "POST", "/v1/datasets", files=files, data={"kind": "unlabeled"})
+    assert unlabeled.status_code == 201, unlabeled.text
+    target = unlabeled.json()["id"]
+    foreign = api.as_team(
+        other, "POST", "/v1/datasets", files=files, data={"kind": "unlabeled"}
+    ).json()["id"]
+    odd = upload(api, key, zip_dataset(digits_images((7, 8), per_class=6))).json()["id"]
+    before = queue_len()
+    cases = [
+        ({"target_dataset_id": labeled_target}, 422, "domain_adaptation.target_dataset_id"),
+        ({"target_dataset_id": foreign}, 404, "domain_adaptation.target_dataset_id"),
+        (
+            {"target_dataset_id": target, "target_eval_dataset_id": target},
+            422,
+            "domain_adaptation.target_eval_dataset_id",
+        ),
+        (
+            {"target_dataset_id": target, "target_eval_dataset_id": odd},
+            422,
+            "domain_adaptation.target_eval_dataset_id",
+        ),
+        ({"target_dataset_id": target, "surprise": 1}, 422, "domain_adaptation.surprise"),
+    ]
+    for adaptation, status, param in cases:
+        spec = job_spec(source, domain_adaptation={"method": "tent", **adaptation})
+        r = api.as_team(key, "POST", "/v1/jobs", json=spec)
+        assert (r.status_code, r.json()["error"]["param"]) == (status, param), r.text
+    no_bn = job_spec(
+        source,
+        base_model="convnext_tiny",
+        hyperparameters={"image_size": 32},
+        domain_adaptation={"method": "adabn", "target_dataset_id": target},
+    )
+    r = api.as_team(key, "POST", "/v1/jobs", json=no_bn)
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "adaptation_not_applicable"
+    assert "BatchNorm" in r.json()["error"]["message"]
+    assert queue_len() == before
+    ok = job_spec(source, domain_adaptation={"method": "adabn", "target_dataset_id": target})
+    assert api.as_team(key, "POST", "/v1/jobs", json=ok).status_code == 201
+    # The target of a queued job cannot be deleted.
+    assert api.as_team(key, "DELETE", f"/v1/datasets/{target}").status_code == 409
