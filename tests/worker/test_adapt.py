@@ -32,17 +32,17 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A resnet18 trained briefly on 200 source digits; 96 unlabeled target images."""
-    data = build(SIZE, seed=0, source_train=200, source_val=64, target_train=96)
+    """A resnet18 trained briefly on 128 source digits; 96 unlabeled target images."""
+    data = build(SIZE, seed=0, source_train=128, source_val=64, target_train=96)
     data.target_test = _head(data.target_test, 64)
-    cfg = tiny_config(epochs=3, augmentation="none")
+    cfg = tiny_config(epochs=4, batch_size=16, augmentation="none")
     torch.manual_seed(0)
     model = registry.build_model("resnet18", 10, weights="none", cache_dir=Path(), image_size=SIZE)
     workdir = tmp_path_factory.mktemp("source")
     result = engine.fit(
         model, cfg, data.source_train, data.source_val, CLASS_NAMES, Hooks(), workdir, CPU
     )
-    assert result.report["accuracy"] > 0.5  # it learnt the source task
+    assert result.report["accuracy"] > 0.4  # it learnt the source task, if barely (chance: 0.1)
     return Trained(cfg, result.state_dict, data)
 
 
@@ -97,8 +97,9 @@ def _bn_stat_keys(model: nn.Module) -> set[str]:
 
 def test_adabn_changes_batchnorm_statistics_and_nothing_else(trained: Trained) -> None:
     model = _model(trained)
-    result = _adapt(trained, {"method": "adabn"}, model=model)
+    result = _adapt(trained, {"method": "adabn"}, model=model, target_eval=trained.data.target_test)
     assert result.kept == "adapted", result.report.get("guard_reason")
+    _check_report(result, "adabn")
     changed = _changed(trained.state, result.state_dict)
     # Every BatchNorm layer got new statistics, and no parameter or other buffer moved.
     assert changed == _bn_stat_keys(model)
@@ -117,7 +118,7 @@ def test_adabn_changes_batchnorm_statistics_and_nothing_else(trained: Trained) -
     torch.testing.assert_close(
         result.state_dict["bn1.running_var"], y.transpose(0, 1).flatten(1).var(1)
     )
-    assert result.history and result.report["method"] == "adabn"
+    assert result.history
 
 
 def test_adabn_needs_batchnorm_and_tent_takes_layernorm() -> None:
@@ -132,7 +133,7 @@ def test_adabn_needs_batchnorm_and_tent_takes_layernorm() -> None:
     with pytest.raises(AdaptationNotApplicable, match="normalisation"):
         _adapt(t, {"method": "tent"}, model=no_norm)
     before = {k: v.clone() for k, v in layer_norm.state_dict().items()}
-    result = _adapt(t, {"method": "tent", "steps": 3, "learning_rate": 0.05}, model=layer_norm)
+    result = _adapt(t, {"method": "tent", "steps": 3}, model=layer_norm)
     assert result.kept == "adapted", result.report.get("guard_reason")
     assert _changed(before, result.state_dict) == {"2.weight", "2.bias"}
 
@@ -231,33 +232,34 @@ def test_pseudo_label_trains_on_source_plus_confident_targets(
 # ---------------------------------------------------------------- report and guard
 
 
-def test_guard_keeps_the_unadapted_model_when_adaptation_breaks_it(trained: Trained) -> None:
-    # Constant target images give BatchNorm zero variance: the recalibrated model is
-    # useless on the source, which the guard sees on the source validation set.
-    constant = np.full((32, SIZE, SIZE, 3), 128, dtype=np.uint8)
+def test_guard_keeps_the_unadapted_model_when_predictions_collapse(trained: Trained) -> None:
+    # Entropy minimisation at a huge learning rate drives every target to one class.
     model = _model(trained)
-    result = _adapt(trained, {"method": "adabn"}, model=model, target=constant)
-    assert result.kept == "unadapted"
-    assert "source validation accuracy fell" in result.report["guard_reason"]
-    assert result.report["kept"] == "unadapted"
+    result = _adapt(trained, {"method": "tent", "steps": 10, "learning_rate": 1.0}, model=model)
+    share = result.report["target"]["top_class_share"]
+    assert share["after"] > max(0.5, share["before"] + 0.25)
+    assert result.kept == result.report["kept"] == "unadapted"
+    assert "collapsed" in result.report["guard_reason"]
     assert not _changed(trained.state, result.state_dict)
     assert not _changed(trained.state, model.state_dict())  # the model is restored too
 
 
 def test_guard_refuses_a_lower_target_eval_accuracy(trained: Trained) -> None:
-    # Tent at a huge learning rate wrecks the model; labelled target data shows it.
+    # A "target" the model knows well (the source validation images), so a wrecked model
+    # shows on its labels.
+    val = trained.data.source_val
     options = {"method": "tent", "steps": 10, "learning_rate": 1.0}
-    result = _adapt(trained, options, target_eval=trained.data.target_test)
+    result = _adapt(trained, options, target=val.images, target_eval=val)
     acc = result.report["target_eval_accuracy"]
     assert acc["after"] < acc["before"]
-    assert result.kept == "unadapted" and result.report["guard_reason"]
+    assert result.kept == "unadapted"
+    assert "target evaluation accuracy fell" in result.report["guard_reason"]
     assert not _changed(trained.state, result.state_dict)
 
 
-def test_report_measures_before_and_after(trained: Trained) -> None:
-    result = _adapt(trained, {"method": "adabn"}, target_eval=trained.data.target_test)
+def _check_report(result: AdaptResult, method: str) -> None:
     r = result.report
-    assert r["method"] == "adabn" and r["kept"] == result.kept
+    assert r["method"] == method and r["kept"] == result.kept
     target = r["target"]
     assert target["num_images"] == 96
     for when in ("before", "after"):
@@ -266,11 +268,12 @@ def test_report_measures_before_and_after(trained: Trained) -> None:
         assert 0.1 <= target["mean_confidence"][when] <= 1
         assert 0 <= r["target_eval_accuracy"][when] <= 1
         assert 0 <= r["source_val_accuracy"][when] <= 1
-    assert "guard_reason" not in r or result.kept == "unadapted"
+        assert 0 <= r["source_val_accuracy_as_shipped"][when] <= 1
+    assert ("guard_reason" in r) == (result.kept == "unadapted")
 
 
 def _snap(counts: list[int], eval_acc: float | None = None, src: float = 0.9) -> report.Snapshot:
-    return report.Snapshot(src, np.array(counts), 0.5, eval_acc)
+    return report.Snapshot(src, src, np.array(counts), 0.5, eval_acc)
 
 
 def test_guard_rules() -> None:
@@ -283,4 +286,6 @@ def test_guard_rules() -> None:
     assert report.guard(_snap(spread, 0.5), _snap(collapsed, 0.8)) is None
     assert "target evaluation" in str(report.guard(_snap(spread, 0.5), _snap(spread, 0.45)))
     assert report.guard(_snap(spread, src=0.9), _snap(spread, src=0.81)) is None
+    # Target labels that improved do not excuse forgetting the source task.
+    assert "source validation" in str(report.guard(_snap(spread, 0.5), _snap(spread, 0.8, 0.7)))
     assert "source validation" in str(report.guard(_snap(spread, src=0.9), _snap(spread, src=0.79)))

@@ -1,0 +1,219 @@
+"""Domain adaptation benchmark (not a test): prints a markdown table.
+
+Shifted digits (bench/domain_shift.py: UCI digits -> MNIST-M-style colour renderings),
+in both target polarities: dark_on_light (inverted strokes, the MNIST-M-like default) and
+light_on_dark (the source's polarity; a colour and texture shift only).
+One source model (resnet18, weights none) is trained on the source digits; each method
+then adapts a copy of it with the job spec's default options, through the same entry
+point the worker calls (worker.adapt.adapt), and is scored on the labelled target test
+split, which no method sees. The guard runs on unlabeled evidence only (no target_eval),
+as it would for a team without target labels. Upper bound: the same source model
+fine-tuned on the target training images *with* their labels.
+
+    .venv/bin/python bench/bench_adapt.py [--size 16] [--methods adabn tent] [--polarity ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.domain_shift import CLASS_NAMES, DomainShift, Polarity, build
+from worker.adapt import adapt
+from worker.training import engine, registry
+from worker.training.types import Hooks, ImageSet, TrainConfig
+
+CPU = torch.device("cpu")
+METHODS = ("adabn", "tent", "dann", "pseudo_label")
+
+
+def source_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        architecture=args.arch,
+        num_classes=10,
+        strategy="full",
+        epochs=args.epochs,
+        batch_size=32,
+        learning_rate=3e-3,
+        image_size=args.size,
+        augmentation="light",
+        seed=args.seed,
+        mixed_precision="fp32",
+    )
+
+
+def fit(
+    model: torch.nn.Module, cfg: TrainConfig, train: ImageSet, val: ImageSet
+) -> dict[str, torch.Tensor]:
+    with tempfile.TemporaryDirectory() as workdir:
+        result = engine.fit(model, cfg, train, val, CLASS_NAMES, Hooks(), Path(workdir), CPU)
+    return result.state_dict
+
+
+def model_from(cfg: TrainConfig, state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    if state is None:
+        return registry.build_model(
+            cfg.architecture,
+            10,
+            weights="none",
+            cache_dir=Path("unused"),
+            image_size=cfg.image_size,
+        )
+    return registry.build_from_state(cfg.architecture, 10, state, cfg.image_size)
+
+
+def accuracy(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig) -> float:
+    return engine.evaluate(model, data, cfg, CPU)[1]
+
+
+def run_method(
+    method: str, cfg: TrainConfig, state: dict[str, torch.Tensor], d: DomainShift
+) -> dict[str, Any]:
+    model = model_from(cfg, state)
+    start = time.perf_counter()
+    result = adapt(
+        model,
+        {"method": method},
+        cfg=cfg,
+        source_val=d.source_val,
+        source_train=d.source_train,
+        target=d.target_train.images,
+        target_eval=None,
+        device=CPU,
+        hooks=Hooks(),
+        class_names=CLASS_NAMES,
+    )
+    seconds = time.perf_counter() - start
+    shipped = accuracy(model, d.target_test, cfg)
+    return {
+        "target": shipped,
+        "source_val": result.report["source_val_accuracy"]["after"],
+        "kept": result.kept,
+        "seconds": seconds,
+        "detail": _detail(method, result.history),
+    }
+
+
+def _detail(method: str, history: list[dict[str, Any]]) -> str:
+    if method == "dann":
+        return "domain acc/epoch " + " ".join(f"{h['domain_accuracy']:.2f}" for h in history)
+    if method == "pseudo_label":
+        return "pseudo-labels/round " + " ".join(str(h["pseudo_labels"]) for h in history)
+    if method == "tent":
+        return f"entropy {history[0]['entropy']:.2f} -> {history[-1]['entropy']:.2f}"
+    return ""
+
+
+def upper_bound(cfg: TrainConfig, state: dict[str, torch.Tensor], d: DomainShift) -> float:
+    """The source model fine-tuned on labelled target images (80/20 train/val split)."""
+    n = len(d.target_train)
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    cut = int(0.8 * n)
+    t = d.target_train
+    train, val = (
+        ImageSet(t.images[i], t.labels[i], [t.paths[j] for j in i])
+        for i in (order[:cut], order[cut:])
+    )
+    model = model_from(cfg, state)
+    fit(model, cfg, train, val)
+    return accuracy(model, d.target_test, cfg)
+
+
+def source_state(
+    args: argparse.Namespace, cfg: TrainConfig, d: DomainShift
+) -> dict[str, torch.Tensor]:
+    """Train the source model, or reuse the one --cache saved (for tuning runs only)."""
+    path = Path(__file__).parent / "out" / f"adapt_source_{args.arch}_{args.size}_{args.seed}.pt"
+    if args.cache and path.is_file():
+        state: dict[str, torch.Tensor] = torch.load(path, weights_only=True)
+        return state
+    state = fit(model_from(cfg, None), cfg, d.source_train, d.source_val)
+    if args.cache:
+        path.parent.mkdir(exist_ok=True)
+        torch.save(state, path)
+    return state
+
+
+Row = tuple[str, float, float, str, float, str]
+
+
+def table(
+    cfg: TrainConfig, state: dict[str, torch.Tensor], d: DomainShift, args: argparse.Namespace
+) -> list[Row]:
+    source_model = model_from(cfg, state)
+    rows: list[Row] = [
+        (
+            "source only",
+            accuracy(source_model, d.target_test, cfg),
+            accuracy(source_model, d.source_val, cfg),
+            "-",
+            0.0,
+            "",
+        )
+    ]
+    for method in args.methods:
+        r = run_method(method, cfg, state, d)
+        rows.append((method, r["target"], r["source_val"], r["kept"], r["seconds"], r["detail"]))
+        print(f"done {method}: {r}", file=sys.stderr, flush=True)
+    if not args.no_upper_bound:
+        start = time.perf_counter()
+        acc = upper_bound(cfg, state, d)
+        name = "upper bound (labelled target)"
+        rows.append((name, acc, float("nan"), "-", time.perf_counter() - start, ""))
+    return rows
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    base = rows[0][1]
+    print(f"\n{title}\n")
+    print("| method | target test acc % | vs source only | source val acc % | kept | s | notes |")
+    print("|---|---|---|---|---|---|---|")
+    for name, tgt, src, kept, secs, notes in rows:
+        print(
+            f"| {name} | {100 * tgt:.1f} | {100 * (tgt - base):+.1f} | {100 * src:.1f} | "
+            f"{kept} | {secs:.0f} | {notes} |"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=8, help="source training epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", nargs="*", default=list(METHODS))
+    polarities = list(get_args(Polarity))
+    p.add_argument("--polarity", nargs="*", default=polarities, choices=polarities)
+    p.add_argument("--no-upper-bound", action="store_true")
+    p.add_argument("--cache", action="store_true", help="reuse the source model (bench/out/)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = source_config(args)
+    start = time.perf_counter()
+    # The source splits do not depend on the target's rendering: one source model serves all.
+    state = source_state(args, cfg, build(args.size, args.seed))
+    print(f"source model: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    for polarity in args.polarity:
+        d = build(args.size, args.seed, polarity=polarity)
+        rows = table(cfg, state, d, args)
+        print_table(
+            rows,
+            f"{args.arch}, {args.size} px, seed {args.seed}, target {polarity}; source "
+            f"{len(d.source_train)} train / {len(d.source_val)} val, target "
+            f"{len(d.target_train)} unlabeled / {len(d.target_test)} test",
+        )
+
+
+if __name__ == "__main__":
+    main()
