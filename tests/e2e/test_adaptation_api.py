@@ -47,9 +47,9 @@ def ctx(pg_stack: dict[str, str], make_api_module: Any) -> dict[str, Any]:
     shift = domain_shift.build(
         size=SIZE, seed=0, source_train=600, source_val=150, target_train=400
     )
-    src = subset(shift.source_train.images, shift.source_train.labels, 90)
-    tgt = subset(shift.target_train.images, shift.target_train.labels, 60)
-    evaluation = subset(shift.target_test.images, shift.target_test.labels, 60)
+    src = subset(shift.source_train.images, shift.source_train.labels, 120)
+    tgt = subset(shift.target_train.images, shift.target_train.labels, 90)
+    evaluation = subset(shift.target_test.images, shift.target_test.labels, 90)
 
     def post(data: bytes, kind: str) -> str:
         files = {"file": ("d.zip", data, "application/zip")}

@@ -146,7 +146,9 @@ def test_cancel_a_running_job(pg_api: Api) -> None:
     assert done["status"] == "cancelled"
     assert done["result"] is None
     events = [e["type"] for e in pg_api.as_team(key, "GET", f"/v1/jobs/{job['id']}/events").json()]
-    assert events[-2:] == ["job.cancel_requested", "job.cancelled"]
+    # Epochs may end between the request and the next heartbeat; then it stops.
+    assert events[-1] == "job.cancelled"
+    assert events.index("job.cancel_requested") < len(events) - 1
 
 
 def test_end_to_end_on_the_embedded_defaults(
