@@ -62,7 +62,7 @@ def stack(
     configure(env)
     api = make_api()
     key = api.new_team()
-    files = {"file": ("d.zip", zip_dataset(digits_images((0, 1, 2), 40, SIZE)), "application/zip")}
+    files = {"file": ("d.zip", zip_dataset(digits_images((0, 1, 2), 60, SIZE)), "application/zip")}
     ds = api.as_team(key, "POST", "/v1/datasets", files=files).json()
     workers: list[WorkerProcess] = []
     yield {
@@ -148,15 +148,21 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint(stack: dict[str, Any]) ->
     job_id = create(stack)
     wait_in_epoch(stack, job_id, 2)
     a.stop(signal.SIGKILL)
+    checkpointed = len(job(stack, job_id)["metrics"])  # epochs done when it died
+    assert 1 <= checkpointed < 4
     start(stack, "b")
     j = wait_status(stack, job_id, "succeeded")
     assert j["attempt"] == 2
     assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3, 4]
     evs = events(stack, job_id)
     resumed = [e for e in evs if e["type"] == "job.resumed"]
-    assert len(resumed) == 1 and resumed[0]["data"]["epoch"] == 1  # continues with epoch 2
+    # It continues after the last checkpoint, never from zero.
+    assert len(resumed) == 1 and resumed[0]["data"]["epoch"] == checkpointed
     t = [e["type"] for e in evs]
-    assert t.count("job.requeued") == 1 and t.count("job.succeeded") == 1
+    # The next worker gets it from the reaper (re-queued) or from the broker's
+    # re-delivery of the unacknowledged message; either way one new claim.
+    assert t.count("job.running") == 2 and t.count("job.requeued") <= 1
+    assert t.count("job.succeeded") == 1
     assert t.count("job.progress") == 4  # every epoch once: none ran twice to completion
     assert_one_model(stack, j)
 
@@ -211,9 +217,12 @@ def test_sigterm_checkpoints_requeues_and_does_not_count(stack: dict[str, Any]) 
     j = wait_status(stack, job_id, "succeeded")
     assert j["attempt"] == 1
     assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3]
-    resumed = [e for e in events(stack, job_id) if e["type"] == "job.resumed"]
-    assert len(resumed) == 1 and resumed[0]["data"]["epoch"] == 1
-    assert resumed[0]["data"]["step"] >= 1  # mid-epoch, from the step it stopped at
+    evs = events(stack, job_id)
+    stopped = next(e["data"] for e in evs if e["type"] == "job.preempted")
+    resumed = [e["data"] for e in evs if e["type"] == "job.resumed"]
+    # Mid-epoch: it resumes at the very step it stopped at.
+    assert stopped["step"] >= 1
+    assert resumed == [{"epoch": stopped["epoch"] - 1, "step": stopped["step"]}]
     assert_one_model(stack, j)
 
 
