@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     # answers 202 at once and is ingested in the background.
     inline_ingest_bytes: int = 64 * 1024**2
 
+    # Ingestion limits (see app/services/ingest.py for what each refuses).
+    archive_max_total_bytes: int = 8 * 1024**3
+    archive_max_file_bytes: int = 64 * 1024**2
+    archive_max_entries: int = 200_000
+    archive_max_ratio: float = 200.0
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 8
+    max_image_bytes: int = 32 * 1024**2
+
     lease_seconds: float = 60.0
     # How often a running job writes its progress (every epoch's end is written too).
     progress_interval_seconds: float = 1.0

@@ -20,6 +20,7 @@ from app.ids import new_id
 from app.queue import enqueue_ingest
 from app.repositories.base import Page
 from app.repositories.datasets import DatasetRepository
+from app.services.archive import ArchiveLimits
 from app.services.idempotency import idempotent, request_hash
 from app.services.ingest import IngestLimits, IngestReport, ingest
 from app.services.layout import Kind
@@ -44,7 +45,17 @@ def upload_too_large(max_bytes: int) -> PayloadTooLarge:
 
 
 def ingest_limits(settings: Settings) -> IngestLimits:
-    return IngestLimits()
+    return IngestLimits(
+        archive=ArchiveLimits(
+            max_total_bytes=settings.archive_max_total_bytes,
+            max_file_bytes=settings.archive_max_file_bytes,
+            max_entries=settings.archive_max_entries,
+            max_ratio=settings.archive_max_ratio,
+        ),
+        max_image_pixels=settings.max_image_pixels,
+        min_image_side=settings.min_image_side,
+        max_file_bytes=settings.max_image_bytes,
+    )
 
 
 def create_dataset_idempotent(

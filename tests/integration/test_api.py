@@ -341,3 +341,20 @@ def test_bad_domain_adaptation_combinations(api: Api, queue_len: Callable[[], in
     assert api.as_team(key, "POST", "/v1/jobs", json=ok).status_code == 201
     # The target of a queued job cannot be deleted.
     assert api.as_team(key, "DELETE", f"/v1/datasets/{target}").status_code == 409
+
+
+def test_ingestion_limits_come_from_the_settings(
+    pg_env: dict[str, str], make_api: Callable[[], Api]
+) -> None:
+    from tests.conftest import configure
+
+    configure({"GRAFT_MAX_IMAGE_PIXELS": "100"})  # the digits are 16 x 16 = 256 pixels
+    api = make_api()
+    key = api.new_team()
+    r = upload(api, key, small_zip())
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_images"
+    assert "too_many_pixels" in r.json()["error"]["message"]
+    configure({"GRAFT_MAX_IMAGE_PIXELS": "40000000", "GRAFT_ARCHIVE_MAX_ENTRIES": "5"})
+    r = upload(make_api(), key, small_zip())
+    assert r.status_code == 422 and r.json()["error"]["code"] == "archive_too_large"
+    assert "max_entries" in r.json()["error"]["message"]
