@@ -59,6 +59,11 @@ class NotFound(AppError):
     status_code = 404
     code = "not_found"
 
+    @classmethod
+    def in_team(cls, kind: str, object_id: str, param: str) -> NotFound:
+        """`No dataset ds_… in this team.`, code `dataset_not_found`."""
+        return cls(f"No {kind} {object_id} in this team.", code=f"{kind}_not_found", param=param)
+
 
 class Conflict(AppError):
     """The object is in a state that does not allow this (409)."""

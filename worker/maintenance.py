@@ -22,7 +22,7 @@ from app.queue import enqueue_ingest, enqueue_job
 from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import JobRepository
 from app.services.events import record_event
-from app.services.jobs import dispatch_job
+from app.services.jobs import dispatch_job, fail_exhausted
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,7 @@ def reap(settings: Settings) -> list[str]:
         repo = JobRepository(session)
         for job in repo.expired_leases(now):
             if job.attempt >= settings.max_attempts:
-                error = {
-                    "code": "too_many_attempts",
-                    "message": f"The job's worker was lost {job.attempt} times "
-                    f"(GRAFT_MAX_ATTEMPTS={settings.max_attempts}).",
-                }
-                if repo.fail_exhausted(job.id, now, error):
-                    record_event(repo.session, job.id, "job.failed", error)
+                fail_exhausted(session, job, settings.max_attempts)
             elif repo.requeue_expired(job.id, now):
                 record_event(
                     repo.session,

@@ -31,7 +31,7 @@ from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
 from app.services.events import record_event
-from app.services.jobs import dispatch_job
+from app.services.jobs import dispatch_job, fail_exhausted
 from app.storage import Storage, write_json
 from worker.adapt.run import AdaptationNotApplicable, adapt
 from worker.errors import JobFailed, TransientFailure
@@ -60,6 +60,7 @@ PREEMPTED = threading.Event()
 @dataclass
 class Claimed:
     job_id: str
+    team_id: str
     owner: str
     attempt: int
     spec: dict[str, Any]
@@ -92,7 +93,9 @@ def claim(job_id: str, settings: Settings, storage: Storage) -> Claimed | None:
     with session_scope() as session:
         repo = JobRepository(session)
         if not repo.claim(job_id, owner, settings.lease_seconds, settings.max_attempts):
-            _fail_if_exhausted(repo, job_id, settings)
+            job = repo.get(job_id)
+            if job is not None:
+                fail_exhausted(session, job, settings.max_attempts)
             return None
         job = repo.get(job_id)
         assert job is not None
@@ -111,6 +114,7 @@ def claim(job_id: str, settings: Settings, storage: Storage) -> Claimed | None:
         )
         return Claimed(
             job_id=job_id,
+            team_id=job.team_id,
             owner=owner,
             attempt=job.attempt,
             spec=dict(job.spec),
@@ -118,19 +122,6 @@ def claim(job_id: str, settings: Settings, storage: Storage) -> Claimed | None:
             base=base,
             metrics=list(job.metrics or []),
         )
-
-
-def _fail_if_exhausted(repo: JobRepository, job_id: str, settings: Settings) -> None:
-    job = repo.get(job_id)
-    if job is None or job.attempt < settings.max_attempts:
-        return
-    error = {
-        "code": "too_many_attempts",
-        "message": f"The job was attempted {job.attempt} times without finishing "
-        f"(GRAFT_MAX_ATTEMPTS={settings.max_attempts}).",
-    }
-    if repo.fail_exhausted(job_id, utcnow(), error):
-        record_event(repo.session, job_id, "job.failed", error)
 
 
 def _run_claimed(claimed: Claimed, settings: Settings, storage: Storage, beat: Heartbeat) -> str:
@@ -387,7 +378,7 @@ def _publish(claimed: Claimed, settings: Settings, storage: Storage, trained: Tr
             models.add(
                 Model(
                     id=model_id,
-                    team_id=_team_of(session, claimed.job_id),
+                    team_id=claimed.team_id,
                     job_id=claimed.job_id,
                     name=f"{trained.cfg.architecture} from {claimed.job_id}",
                     source="job",
@@ -426,12 +417,6 @@ def _still_held(claimed: Claimed, settings: Settings) -> bool:
         return JobRepository(session).renew_lease(
             claimed.job_id, claimed.owner, settings.lease_seconds
         )
-
-
-def _team_of(session: Any, job_id: str) -> str:
-    job = JobRepository(session).get(job_id)
-    assert job is not None
-    return job.team_id
 
 
 def _finish(claimed: Claimed, status: str, *, error: dict[str, Any] | None = None) -> None:

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from app.api.deps import (
     CurrentTeam,
@@ -45,14 +43,8 @@ async def create_dataset(
     """Upload an image dataset (multipart: `file`, optional `name` and `kind`). The file
     streams into the store; small archives are ingested before the answer, large ones
     answer at once with status `processing`."""
-    form = await stream_form(request, storage, settings.max_upload_bytes)
-    assert form.upload is not None
-    upload = form.upload
-    try:
-        fields = DatasetForm.model_validate(form.fields)
-    except ValidationError as exc:
-        upload.path.unlink(missing_ok=True)
-        raise RequestValidationError(exc.errors()) from exc
+    form = await stream_form(request, storage, settings.max_upload_bytes, DatasetForm)
+    fields, upload = form.fields, form.upload
     dataset, created = await run_in_threadpool(
         service.create_dataset_idempotent,
         session,

@@ -5,9 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 
 from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
 from app.api.uploads import multipart_body, stream_form
@@ -70,16 +68,12 @@ async def upload_model(
     team: CurrentTeam,
 ) -> ModelRead:
     """Upload a team's own base model, to start jobs from (`base_model: "mdl_…"`)."""
-    form = await stream_form(request, storage, settings.max_upload_bytes)
-    assert form.upload is not None
-    upload = form.upload
+    form = await stream_form(request, storage, settings.max_upload_bytes, ModelForm)
+    fields, upload = form.fields, form.upload
     try:
-        fields = ModelForm.model_validate(form.fields)
         class_list = _parse_classes(fields.classes)
-    except (ValidationError, InvalidInput) as exc:
-        upload.path.unlink(missing_ok=True)
-        if isinstance(exc, ValidationError):
-            raise RequestValidationError(exc.errors()) from exc
+    except InvalidInput:
+        form.discard()
         raise
     model = await run_in_threadpool(
         service.upload_model,

@@ -12,9 +12,11 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import InvalidInput
@@ -39,11 +41,18 @@ def multipart_body(file_description: str, **fields: dict[str, Any]) -> dict[str,
     }
 
 
+F = TypeVar("F", bound=BaseModel)
+
+
 @dataclass
-class StreamedForm:
-    fields: dict[str, str] = field(default_factory=dict)
-    upload: Upload | None = None
-    filename: str | None = None
+class StreamedForm(Generic[F]):
+    fields: F
+    upload: Upload
+    filename: str | None
+
+    def discard(self) -> None:
+        """Remove the uploaded file (the request failed after it was stored)."""
+        self.upload.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -61,7 +70,9 @@ class _Collector:
         self.storage = storage
         self.max_bytes = max_bytes
         self.file_field = file_field
-        self.form = StreamedForm()
+        self.fields: dict[str, str] = {}
+        self.upload: Upload | None = None
+        self.filename: str | None = None
         self.part = _Part()
         self.out: IO[bytes] | None = None
         self.path = storage.tmp_dir() / f"upload-{new_id('up')}"
@@ -103,7 +114,7 @@ class _Collector:
                     f"Send one `{self.file_field}` part only.", param=self.file_field
                 )
             self.out = self.path.open("xb")
-            self.form.filename = self.part.filename
+            self.filename = self.part.filename
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -126,9 +137,9 @@ class _Collector:
             self.out.flush()
             os.fsync(self.out.fileno())
             self.out.close()
-            self.form.upload = Upload(self.path, self.size, self.digest.hexdigest())
+            self.upload = Upload(self.path, self.size, self.digest.hexdigest())
         elif self.part.filename is None and self.part.name:
-            self.form.fields[self.part.name] = self.part.buffer.decode("utf-8", "replace")
+            self.fields[self.part.name] = self.part.buffer.decode("utf-8", "replace")
 
     def discard(self) -> None:
         if self.out is not None:
@@ -137,9 +148,10 @@ class _Collector:
 
 
 async def stream_form(
-    request: Request, storage: Storage, max_bytes: int, file_field: str = "file"
-) -> StreamedForm:
-    """Parse a multipart body, writing its file part into the store's temp directory."""
+    request: Request, storage: Storage, max_bytes: int, schema: type[F], file_field: str = "file"
+) -> StreamedForm[F]:
+    """Parse a multipart body, writing its file part into the store's temp directory and
+    validating the other fields as `schema` (a 422 naming the field removes the file)."""
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -158,7 +170,12 @@ async def stream_form(
     except BaseException:
         collector.discard()
         raise
-    if collector.form.upload is None:
+    if collector.upload is None:
         collector.discard()
         raise InvalidInput(f"Missing required field `{file_field}`.", param=file_field)
-    return collector.form
+    try:
+        fields = schema.model_validate(collector.fields)
+    except ValidationError as exc:
+        collector.discard()
+        raise RequestValidationError(exc.errors()) from exc
+    return StreamedForm(fields, collector.upload, collector.filename)

@@ -192,12 +192,12 @@ def apply_report(dataset: Dataset, report: IngestReport) -> None:
     dataset.warnings = list(data["warnings"])
 
 
-def get_dataset(session: Session, team: Team, dataset_id: str) -> Dataset:
+def get_dataset(
+    session: Session, team: Team, dataset_id: str, *, param: str = "dataset_id"
+) -> Dataset:
     dataset = DatasetRepository(session).get_for_team(team.id, dataset_id)
     if dataset is None:
-        raise NotFound(
-            f"No dataset {dataset_id} in this team.", code="dataset_not_found", param="dataset_id"
-        )
+        raise NotFound.in_team("dataset", dataset_id, param)
     return dataset
 
 

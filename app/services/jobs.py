@@ -16,12 +16,12 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.ids import new_id
 from app.queue import enqueue_job
 from app.repositories.base import Page
-from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
-from app.repositories.models import ModelRepository
 from app.schemas.jobs import JobCreate
+from app.services.datasets import get_dataset
 from app.services.events import record_event
 from app.services.idempotency import idempotent, request_hash
+from app.services.models import get_model
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,7 @@ def resolve_base_model(
 ) -> tuple[Architecture, Model | None]:
     """A registry name, or one of the team's models to continue from."""
     if base_model.startswith("mdl_"):
-        model = ModelRepository(session).get_for_team(team.id, base_model)
-        if model is None:
-            raise NotFound(
-                f"No model {base_model} in this team.", code="model_not_found", param="base_model"
-            )
+        model = get_model(session, team, base_model, param="base_model")
         return ARCHITECTURES[model.architecture], model
     arch = ARCHITECTURES.get(base_model)
     if arch is None:
@@ -115,11 +111,7 @@ def create_job_idempotent(
 def _ready_dataset(
     session: Session, team: Team, dataset_id: str, *, kind: str, param: str
 ) -> Dataset:
-    dataset = DatasetRepository(session).get_for_team(team.id, dataset_id)
-    if dataset is None:
-        raise NotFound(
-            f"No dataset {dataset_id} in this team.", code="dataset_not_found", param=param
-        )
+    dataset = get_dataset(session, team, dataset_id, param=param)
     if dataset.status != "ready":
         raise InvalidInput(
             f"Dataset {dataset.id} is {dataset.status}, not ready.",
@@ -196,6 +188,21 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     return job
 
 
+def fail_exhausted(session: Session, job: Job, max_attempts: int) -> bool:
+    """End a job that used up its attempts; False if it is not (or no longer) stuck."""
+    error = {
+        "code": "too_many_attempts",
+        "message": f"The job was attempted {job.attempt} times without finishing "
+        f"(GRAFT_MAX_ATTEMPTS={max_attempts}).",
+    }
+    if job.attempt < max_attempts or not JobRepository(session).fail_exhausted(
+        job.id, utcnow(), error
+    ):
+        return False
+    record_event(session, job.id, "job.failed", error)
+    return True
+
+
 def dispatch_job(job_id: str) -> None:
     """Send a committed job to the broker; if it is down, leave it to the dispatcher."""
     if not enqueue_job(job_id):
@@ -207,7 +214,7 @@ def dispatch_job(job_id: str) -> None:
 def get_job(session: Session, team: Team, job_id: str) -> Job:
     job = JobRepository(session).get_for_team(team.id, job_id)
     if job is None:
-        raise NotFound(f"No job {job_id} in this team.", code="job_not_found", param="job_id")
+        raise NotFound.in_team("job", job_id, "job_id")
     return job
 
 

@@ -25,12 +25,10 @@ from app.storage import Storage, describe_file, write_json
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
 
 
-def get_model(session: Session, team: Team, model_id: str) -> Model:
+def get_model(session: Session, team: Team, model_id: str, *, param: str = "model_id") -> Model:
     model = ModelRepository(session).get_for_team(team.id, model_id)
     if model is None:
-        raise NotFound(
-            f"No model {model_id} in this team.", code="model_not_found", param="model_id"
-        )
+        raise NotFound.in_team("model", model_id, param)
     return model
 
 
