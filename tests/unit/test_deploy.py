@@ -51,4 +51,5 @@ def test_dockerfile_runs_the_same_cli() -> None:
 def test_readme_has_the_two_commands_and_ci_calls_make_test() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
-    assert 'make PYTHON="$PYTHON" test' in (REPO / ".ci/run").read_text()
+    # CI runs exactly the README's test command.
+    assert "make test" in (REPO / ".ci/run").read_text().splitlines()
