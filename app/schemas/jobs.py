@@ -25,6 +25,14 @@ class Hyperparameters(InputModel):
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of `step`")
     label_smoothing: float = Field(0.0, ge=0, le=0.5)
     augmentation: Literal["none", "light", "strong"] = "light"
+    random_invert: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability of inverting a training image (1 - x) as part of its "
+        "augmentation, for domains where polarity varies (scans, X-rays, ink on paper or "
+        "on screens); needs augmentation light or strong",
+    )
     image_size: int = Field(224, ge=16, le=1024, description="Square input size in pixels")
     early_stopping_patience: int | None = Field(
         None, ge=1, le=500, description="Stop after this many epochs without a lower val loss"

@@ -85,6 +85,12 @@ def _check_spec(spec: JobCreate, arch: Architecture, from_model: Model | None) -
             f"{from_model.id} was trained at image_size {from_model.preprocessing['image_size']}.",
             param="hyperparameters.image_size",
         )
+    if hp.random_invert > 0 and (hp.augmentation == "none" or spec.strategy == "linear_probe"):
+        raise InvalidInput(
+            "random_invert is part of augmentation: it needs augmentation light or strong and "
+            "strategy partial or full (a linear probe trains on cached, unaugmented features).",
+            param="hyperparameters.random_invert",
+        )
     if hp.warmup_epochs >= hp.epochs and hp.warmup_epochs > 0:
         raise InvalidInput(
             "warmup_epochs must be fewer than epochs.", param="hyperparameters.warmup_epochs"

@@ -160,6 +160,17 @@ def test_job_is_queued_after_commit_and_sent_to_redis(
         ({"hyperparameters": {"batch_size": 0}}, 422, "hyperparameters.batch_size"),
         ({"hyperparameters": {"epochs": 2, "colour": "red"}}, 422, "hyperparameters.colour"),
         ({"strategy": "partial"}, 422, "unfreeze_last"),
+        ({"hyperparameters": {"random_invert": 1.5}}, 422, "hyperparameters.random_invert"),
+        (
+            {"hyperparameters": {"random_invert": 0.5, "augmentation": "none"}},
+            422,
+            "hyperparameters.random_invert",
+        ),
+        (
+            {"strategy": "linear_probe", "hyperparameters": {"random_invert": 0.5}},
+            422,
+            "hyperparameters.random_invert",
+        ),
         ({"strategy": "sideways"}, 422, "strategy"),
         ({"dataset_id": "ds_missing"}, 404, "dataset_id"),
     ],

@@ -377,3 +377,19 @@ def test_augmentation_is_batched_seeded_and_in_range(
         # Each image gets its own crop: no two outputs differ from their inputs alike.
         change = (a - x).abs().flatten(1).mean(1)
         assert len(set(change.tolist())) == len(x)
+
+
+def test_random_invert_inverts_some_images_and_only_with_augmentation(
+    tiny_split: tuple[ImageSet, ImageSet],
+) -> None:
+    x = torch.from_numpy(tiny_split[0].images[:32]).permute(0, 3, 1, 2).float() / 255
+    assert augment.augment(x, "none", augment.step_generator(0, 1, 0), invert=1.0) is x
+    plain = augment.augment(x, "light", augment.step_generator(0, 1, 0))
+    always = augment.augment(x, "light", augment.step_generator(0, 1, 0), invert=1.0)
+    # The same crops, drawn before the inversion, so p=1 gives exactly 1 - the plain batch.
+    assert torch.allclose(always, 1 - plain)
+    half = augment.augment(x, "light", augment.step_generator(0, 1, 0), invert=0.5)
+    inverted = [torch.allclose(h, 1 - p) for h, p in zip(half, plain, strict=True)]
+    kept = [torch.equal(h, p) for h, p in zip(half, plain, strict=True)]
+    assert all(i != k for i, k in zip(inverted, kept, strict=True))
+    assert 4 < sum(inverted) < 28  # p = 0.5 over 32 images

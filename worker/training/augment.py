@@ -28,13 +28,17 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def augment(x: torch.Tensor, mode: Mode, gen: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (B, 3, H, W) in [0, 1]; returns a new tensor."""
+def augment(x: torch.Tensor, mode: Mode, gen: torch.Generator, invert: float = 0.0) -> torch.Tensor:
+    """Augment a float batch (B, 3, H, W) in [0, 1]; returns a new tensor.
+
+    `invert` is the probability of inverting each image (mode "none" never inverts)."""
     if mode == "none":
         return x
     x = random_resized_crop_flip(x, gen)
     if mode == "strong":
         x = color_jitter(x, gen)
+    if invert > 0:
+        x = random_invert(x, invert, gen)
     return x
 
 
@@ -71,6 +75,13 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((x - gray) * sat + gray).clamp(0, 1)
 
 
+def random_invert(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Per-image 1 - x with probability p (torchvision's RandomInvert): light strokes on
+    dark become dark on light, so a model can learn both polarities."""
+    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, 1 - x, x)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
@@ -98,10 +109,11 @@ def to_model_input(
     mode: Mode,
     gen: torch.Generator,
     channels_last: bool,
+    invert: float = 0.0,
 ) -> torch.Tensor:
     """uint8 (B, H, W, 3) on the device -> normalised float (B, 3, H, W), augmented."""
     x = images.permute(0, 3, 1, 2).float().div_(255)
-    x = augment(x, mode, gen)
+    x = augment(x, mode, gen, invert)
     x = (x - mean) / std
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)

@@ -91,6 +91,12 @@ class Inputs(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def train_augmentation(cfg: TrainConfig) -> augment.Mode:
+    """The augmentation training batches get. A frozen backbone (linear probe) sees each
+    image as it is, cached or not, so the probe's two paths train on the same inputs."""
+    return "none" if cfg.strategy == "linear_probe" else cfg.augmentation
+
+
 class ImageInputs:
     """Batches of images from an ImageSet, augmented and normalised on the device."""
 
@@ -101,6 +107,8 @@ class ImageInputs:
         self.labels = np.asarray(data.labels, dtype=np.int64)
         self.device, self.seed = device, cfg.seed
         self.mode = augmentation
+        # Inversion is part of augmentation: evaluation batches (mode none) never invert.
+        self.invert = cfg.random_invert
         self.mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
         self.channels_last = _use_channels_last(cfg, device)
@@ -111,7 +119,9 @@ class ImageInputs:
     def batch(self, idx: np.ndarray, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = augment.step_generator(self.seed, epoch, step)
         raw = augment.gather(self.images, idx, self.device)
-        x = augment.to_model_input(raw, self.mean, self.std, self.mode, gen, self.channels_last)
+        x = augment.to_model_input(
+            raw, self.mean, self.std, self.mode, gen, self.channels_last, self.invert
+        )
         return x, augment.gather(self.labels, idx, self.device)
 
 
@@ -449,10 +459,7 @@ class Trainer:
             self.train_in = FeatureInputs(feats["train"], train.labels)
             self.val_in = FeatureInputs(feats["val"], val.labels)
             return
-        # A frozen backbone sees each image as it is, cached or not, so the probe's two
-        # paths train on the same inputs.
-        mode: augment.Mode = "none" if cfg.strategy == "linear_probe" else cfg.augmentation
-        self.train_in = ImageInputs(train, cfg, device, augmentation=mode)
+        self.train_in = ImageInputs(train, cfg, device, augmentation=train_augmentation(cfg))
         self.val_in = ImageInputs(val, cfg, device, augmentation="none")
 
     def _features(self, train: ImageSet, val: ImageSet) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ class TrainConfig:
     gamma: float = 0.1
     label_smoothing: float = 0.0
     augmentation: Literal["none", "light", "strong"] = "light"
+    random_invert: float = 0.0  # probability, where augmentation applies
     image_size: int = 224
     early_stopping_patience: int | None = None
     seed: int = 0
