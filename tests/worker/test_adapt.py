@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,14 @@ from torch import nn
 
 from bench.domain_shift import CLASS_NAMES, DomainShift, build
 from tests.worker.conftest import tiny_config
-from worker.adapt import AdaptationNotApplicable, AdaptResult, adapt, pseudo_label, report
+from worker.adapt import (
+    AdaptationNotApplicable,
+    AdaptResult,
+    adabn,
+    adapt,
+    pseudo_label,
+    report,
+)
 from worker.training import engine, registry
 from worker.training.types import Hooks, ImageSet, TrainConfig, TrainingStopped
 
@@ -33,7 +40,10 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """A resnet18 trained briefly on 128 source digits; 96 unlabeled target images."""
-    data = build(SIZE, seed=0, source_train=128, source_val=64, target_train=96)
+    # The colour shift (source polarity), where adaptation helps even a barely trained model.
+    data = build(
+        SIZE, seed=0, source_train=128, source_val=64, target_train=96, polarity="light_on_dark"
+    )
     data.target_test = _head(data.target_test, 64)
     cfg = tiny_config(epochs=4, batch_size=16, augmentation="none")
     torch.manual_seed(0)
@@ -119,6 +129,26 @@ def test_adabn_changes_batchnorm_statistics_and_nothing_else(trained: Trained) -
         result.state_dict["bn1.running_var"], y.transpose(0, 1).flatten(1).var(1)
     )
     assert result.history
+
+
+def test_adabn_gathers_statistics_under_the_training_augmentation(trained: Trained) -> None:
+    """A model trained with random_invert learnt under both polarities' statistics, so
+    AdaBN gathers the target's through the same augmentation, inversion included."""
+    images = trained.data.target_train.images
+    light = replace(trained.cfg, strategy="full", augmentation="light")
+    inverting = replace(light, random_invert=1.0)
+
+    def bn1_mean(cfg: TrainConfig, x: np.ndarray) -> torch.Tensor:
+        model = _model(trained)
+        adabn.recalibrate(model, x, cfg, CPU)
+        return model.bn1.running_mean.clone()
+
+    # p = 1 inverts every augmented image: the same crops, drawn before the inversion.
+    torch.testing.assert_close(bn1_mean(inverting, images), bn1_mean(light, 255 - images))
+    assert not torch.allclose(bn1_mean(inverting, images), bn1_mean(light, images))
+    # A linear probe trained on unaugmented images, so its statistics come from those.
+    probe = replace(inverting, strategy="linear_probe")
+    torch.testing.assert_close(bn1_mean(probe, images), bn1_mean(trained.cfg, images))
 
 
 def test_adabn_needs_batchnorm_and_tent_takes_layernorm() -> None:

@@ -54,7 +54,12 @@ def recalibrate(
     """Replace the BatchNorm statistics of `model` by those of uint8 `images`."""
     layers = batchnorm_layers(model)
     check(model)
-    inputs = engine.ImageInputs(unlabeled(images), cfg, device, augmentation="none")
+    # A trained model's statistics were gathered on its augmented training batches (crops,
+    # colour jitter, random inversion), so the target's are gathered the same way: a model
+    # trained with random_invert learnt under statistics of both polarities at once, and
+    # one-polarity target statistics would be unlike anything it saw.
+    mode = engine.train_augmentation(cfg)
+    inputs = engine.ImageInputs(unlabeled(images), cfg, device, augmentation=mode)
     precision = engine.resolve_precision(cfg, device)
     momenta = [bn.momentum for bn in layers]
     with preserved_modes(model):
@@ -67,7 +72,7 @@ def recalibrate(
             with torch.no_grad(), precision.autocast():
                 for step, idx in enumerate(even_batches(len(inputs), BATCH_SIZE)):
                     check_stop(1, step)
-                    model(inputs.batch(idx, 0, 0)[0])
+                    model(inputs.batch(idx, 0, step)[0])
         finally:
             for bn, momentum in zip(layers, momenta, strict=True):
                 bn.momentum = momentum
