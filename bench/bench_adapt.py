@@ -1,16 +1,20 @@
-"""Domain adaptation benchmark (not a test): prints a markdown table.
+"""Domain adaptation benchmark (not a test): prints markdown tables.
 
 Shifted digits (bench/domain_shift.py: UCI digits -> MNIST-M-style colour renderings),
 in both target polarities: dark_on_light (inverted strokes, the MNIST-M-like default) and
 light_on_dark (the source's polarity; a colour and texture shift only).
-One source model (resnet18, weights none) is trained on the source digits; each method
-then adapts a copy of it with the job spec's default options, through the same entry
-point the worker calls (worker.adapt.adapt), and is scored on the labelled target test
-split, which no method sees. The guard runs on unlabeled evidence only (no target_eval),
-as it would for a team without target labels. Upper bound: the same source model
-fine-tuned on the target training images *with* their labels.
+A source model (resnet18, weights none) is trained on the source digits under each
+source recipe: `plain` (crop and flip augmentation) and `polarity` (strong augmentation
+with random_invert 0.5, so the model sees both stroke polarities). Each method then
+adapts a copy of it with the job spec's default options, through the same entry point
+the worker calls (worker.adapt.adapt), and is scored on the labelled target test split,
+which no method sees. By default the guard runs on unlabeled evidence only (no
+target_eval), as it would for a team without target labels; --target-eval N gives it N
+labelled target training images instead. Upper bound: the same source model fine-tuned
+on the target training images *with* their labels, under the same recipe.
 
-    .venv/bin/python bench/bench_adapt.py [--size 16] [--methods adabn tent] [--polarity ...]
+    .venv/bin/python bench/bench_adapt.py [--recipes plain] [--polarity dark_on_light]
+        [--methods adabn tent] [--target-eval 50] [--size 32]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -34,10 +39,15 @@ from worker.training.types import Hooks, ImageSet, TrainConfig
 
 CPU = torch.device("cpu")
 METHODS = ("adabn", "tent", "dann", "pseudo_label")
+# Source training recipes: the job spec's hyperparameters that differ between them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "plain": {"augmentation": "light"},
+    "polarity": {"augmentation": "strong", "random_invert": 0.5},
+}
 
 
-def source_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+def source_config(args: argparse.Namespace, recipe: str = "plain") -> TrainConfig:
+    base = TrainConfig(
         architecture=args.arch,
         num_classes=10,
         strategy="full",
@@ -45,10 +55,10 @@ def source_config(args: argparse.Namespace) -> TrainConfig:
         batch_size=32,
         learning_rate=3e-3,
         image_size=args.size,
-        augmentation="light",
         seed=args.seed,
         mixed_precision="fp32",
     )
+    return replace(base, **RECIPES[recipe])
 
 
 def fit(
@@ -77,7 +87,11 @@ def accuracy(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig) -> float:
 
 
 def run_method(
-    method: str, cfg: TrainConfig, state: dict[str, torch.Tensor], d: DomainShift
+    method: str,
+    cfg: TrainConfig,
+    state: dict[str, torch.Tensor],
+    d: DomainShift,
+    target_eval: ImageSet | None = None,
 ) -> dict[str, Any]:
     model = model_from(cfg, state)
     start = time.perf_counter()
@@ -88,7 +102,7 @@ def run_method(
         source_val=d.source_val,
         source_train=d.source_train,
         target=d.target_train.images,
-        target_eval=None,
+        target_eval=target_eval,
         device=CPU,
         hooks=Hooks(),
         class_names=CLASS_NAMES,
@@ -100,18 +114,22 @@ def run_method(
         "source_val": result.report["source_val_accuracy"]["after"],
         "kept": result.kept,
         "seconds": seconds,
-        "detail": _detail(method, result.history),
+        "detail": _detail(method, result.history, result.report),
     }
 
 
-def _detail(method: str, history: list[dict[str, Any]]) -> str:
+def _detail(method: str, history: list[dict[str, Any]], report: dict[str, Any]) -> str:
+    notes = []
     if method == "dann":
-        return "domain acc/epoch " + " ".join(f"{h['domain_accuracy']:.2f}" for h in history)
+        notes.append("domain acc/epoch " + " ".join(f"{h['domain_accuracy']:.2f}" for h in history))
     if method == "pseudo_label":
-        return "pseudo-labels/round " + " ".join(str(h["pseudo_labels"]) for h in history)
+        notes.append("pseudo-labels/round " + " ".join(str(h["pseudo_labels"]) for h in history))
     if method == "tent":
-        return f"entropy {history[0]['entropy']:.2f} -> {history[-1]['entropy']:.2f}"
-    return ""
+        notes.append(f"entropy {history[0]['entropy']:.2f} -> {history[-1]['entropy']:.2f}")
+    if "target_eval_accuracy" in report:
+        acc = report["target_eval_accuracy"]
+        notes.append(f"guard's target eval acc {acc['before']:.2f} -> {acc['after']:.2f}")
+    return "; ".join(notes)
 
 
 def upper_bound(cfg: TrainConfig, state: dict[str, torch.Tensor], d: DomainShift) -> float:
@@ -129,11 +147,19 @@ def upper_bound(cfg: TrainConfig, state: dict[str, torch.Tensor], d: DomainShift
     return accuracy(model, d.target_test, cfg)
 
 
+def labelled_sample(data: ImageSet, n: int) -> ImageSet | None:
+    """The first n images of a split with their labels (None for n = 0)."""
+    if n == 0:
+        return None
+    return ImageSet(data.images[:n], data.labels[:n], data.paths[:n])
+
+
 def source_state(
-    args: argparse.Namespace, cfg: TrainConfig, d: DomainShift
+    args: argparse.Namespace, cfg: TrainConfig, d: DomainShift, recipe: str
 ) -> dict[str, torch.Tensor]:
     """Train the source model, or reuse the one --cache saved (for tuning runs only)."""
-    path = Path(__file__).parent / "out" / f"adapt_source_{args.arch}_{args.size}_{args.seed}.pt"
+    name = f"adapt_source_{args.arch}_{args.size}_{args.seed}_{recipe}.pt"
+    path = Path(__file__).parent / "out" / name
     if args.cache and path.is_file():
         state: dict[str, torch.Tensor] = torch.load(path, weights_only=True)
         return state
@@ -161,8 +187,9 @@ def table(
             "",
         )
     ]
+    target_eval = labelled_sample(d.target_train, args.target_eval)
     for method in args.methods:
-        r = run_method(method, cfg, state, d)
+        r = run_method(method, cfg, state, d, target_eval)
         rows.append((method, r["target"], r["source_val"], r["kept"], r["seconds"], r["detail"]))
         print(f"done {method}: {r}", file=sys.stderr, flush=True)
     if not args.no_upper_bound:
@@ -179,8 +206,9 @@ def print_table(rows: list[Row], title: str) -> None:
     print("| method | target test acc % | vs source only | source val acc % | kept | s | notes |")
     print("|---|---|---|---|---|---|---|")
     for name, tgt, src, kept, secs, notes in rows:
+        source_val = "-" if np.isnan(src) else f"{100 * src:.1f}"
         print(
-            f"| {name} | {100 * tgt:.1f} | {100 * (tgt - base):+.1f} | {100 * src:.1f} | "
+            f"| {name} | {100 * tgt:.1f} | {100 * (tgt - base):+.1f} | {source_val} | "
             f"{kept} | {secs:.0f} | {notes} |"
         )
 
@@ -188,31 +216,41 @@ def print_table(rows: list[Row], title: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--arch", default="resnet18")
-    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=8, help="source training epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=list(METHODS))
     polarities = list(get_args(Polarity))
     p.add_argument("--polarity", nargs="*", default=polarities, choices=polarities)
+    p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument(
+        "--target-eval",
+        type=int,
+        default=0,
+        help="give the guard this many labelled target training images (default: none)",
+    )
     p.add_argument("--no-upper-bound", action="store_true")
     p.add_argument("--cache", action="store_true", help="reuse the source model (bench/out/)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = source_config(args)
-    start = time.perf_counter()
-    # The source splits do not depend on the target's rendering: one source model serves all.
-    state = source_state(args, cfg, build(args.size, args.seed))
-    print(f"source model: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    for polarity in args.polarity:
-        d = build(args.size, args.seed, polarity=polarity)
-        rows = table(cfg, state, d, args)
-        print_table(
-            rows,
-            f"{args.arch}, {args.size} px, seed {args.seed}, target {polarity}; source "
-            f"{len(d.source_train)} train / {len(d.source_val)} val, target "
-            f"{len(d.target_train)} unlabeled / {len(d.target_test)} test",
-        )
+    guard = f"{args.target_eval} labelled target images" if args.target_eval else "no labels"
+    for recipe in args.recipes:
+        cfg = source_config(args, recipe)
+        start = time.perf_counter()
+        # The source splits do not depend on the target's rendering: one model serves both.
+        state = source_state(args, cfg, build(args.size, args.seed), recipe)
+        print(f"source model: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        for polarity in args.polarity:
+            d = build(args.size, args.seed, polarity=polarity)
+            rows = table(cfg, state, d, args)
+            print_table(
+                rows,
+                f"source recipe {recipe} ({RECIPES[recipe]}), target {polarity}, guard "
+                f"with {guard}; {args.arch}, {args.size} px, seed {args.seed}; source "
+                f"{len(d.source_train)} train / {len(d.source_val)} val, target "
+                f"{len(d.target_train)} unlabeled / {len(d.target_test)} test",
+            )
 
 
 if __name__ == "__main__":

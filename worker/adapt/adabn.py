@@ -2,6 +2,8 @@
 
 Only the running mean and variance (and the batch counter) change: no weight moves, so
 the method cannot overfit and needs no labels, no learning rate and a single pass.
+The target images go through the job's training augmentation, as the batches that
+gave the trained statistics did (bench/RESULTS_adapt.md shows why that matters).
 """
 
 from __future__ import annotations
