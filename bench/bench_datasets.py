@@ -45,11 +45,11 @@ sys.path.insert(0, str(REPO))
 
 from app.imaging import load_rgb, to_array  # noqa: E402
 from app.services.ingest import IngestLimits, ingest  # noqa: E402
+from bench.bench_ingest import CLASSES, photo_like  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
 ADMIN_KEY = "bench-admin-key"
-CLASSES = ("cat", "dog", "owl", "fox")
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 
@@ -321,16 +321,6 @@ def bench_upload(work: Path, size: int) -> list[str]:
 
 
 # -- (ii) decode once vs decode every epoch -------------------------------------
-
-
-def photo_like(rng: np.random.Generator, size: int) -> bytes:
-    """Smooth gradients plus noise: compresses like a photograph, not like flat colour."""
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = rng.uniform(0, 255, 3) * x[..., None] + rng.uniform(0, 255, 3) * y[..., None]
-    pixels = np.clip(base / 2 + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 def build_dataset(work: Path, count: int, source_size: int) -> tuple[Path, list[str]]:

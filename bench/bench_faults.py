@@ -18,7 +18,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, text
 
-from app.db.migrate import upgrade
 from app.queue import enqueue_job
 from tests.conftest import (
-    PG_ADMIN_URL,
     Api,
     WorkerProcess,
     base_env,
     configure,
     digits_images,
+    scratch_database,
     wait_for,
     zip_dataset,
 )
@@ -202,39 +200,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--faults", default=",".join(FAULTS))
     args = parser.parse_args()
-    name = f"graft_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(db_url)
     rows = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            stack = make_stack(Path(tmp), db_url)
-            try:
-                for fault in args.faults.split(","):
-                    label, inject = FAULTS[fault]
-                    counts = {"finished": 0, "lost": 0, "twice": 0}
-                    attempts, seconds = [], []
-                    for _ in range(args.repeats):
-                        job_id = inject(stack)
-                        result, attempt, took = outcome(stack, job_id, timeout=300)
-                        counts[result] += 1
-                        attempts.append(attempt)
-                        seconds.append(took)
-                        for w in stack.workers:
-                            w.stop(signal.SIGKILL)
-                        stack.workers.clear()
-                    rows.append((label, args.repeats, counts, attempts, seconds))
-                    print(f"{fault}: {counts} attempts={attempts}", flush=True)
-            finally:
-                for w in stack.workers:
-                    w.stop(signal.SIGKILL)
-                stack.redis.stop()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database("graft_bench") as db_url, tempfile.TemporaryDirectory() as tmp:
+        stack = make_stack(Path(tmp), db_url)
+        try:
+            for fault in args.faults.split(","):
+                label, inject = FAULTS[fault]
+                counts = {"finished": 0, "lost": 0, "twice": 0}
+                attempts, seconds = [], []
+                for _ in range(args.repeats):
+                    job_id = inject(stack)
+                    result, attempt, took = outcome(stack, job_id, timeout=300)
+                    counts[result] += 1
+                    attempts.append(attempt)
+                    seconds.append(took)
+                    for w in stack.workers:
+                        w.stop(signal.SIGKILL)
+                    stack.workers.clear()
+                rows.append((label, args.repeats, counts, attempts, seconds))
+                print(f"{fault}: {counts} attempts={attempts}", flush=True)
+        finally:
+            for w in stack.workers:
+                w.stop(signal.SIGKILL)
+            stack.redis.stop()
     print()
     print(
         "| fault | injected | finished | lost | ran twice | attempts used | s to recover (median) |"

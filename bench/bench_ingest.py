@@ -32,6 +32,7 @@ ROW = "| {:7} | {:>6} | {:>7} | {:>7} | {:>8} | {:>6} |"
 
 
 def photo_like(rng: np.random.Generator, size: int) -> bytes:
+    """Smooth gradients plus noise: compresses like a photograph, not like flat colour."""
     y, x = np.mgrid[0:size, 0:size] / size
     base = rng.uniform(0, 255, 3) * x[..., None] + rng.uniform(0, 255, 3) * y[..., None]
     pixels = np.clip(base / 2 + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)

@@ -97,27 +97,35 @@ def _restore_env() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server, migrated once for the session."""
-    require_server("PostgreSQL", "127.0.0.1", 5432)
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new database on the PostgreSQL server, migrated; dropped on exit."""
     from sqlalchemy import create_engine, text
 
     from app.db.migrate import upgrade
+    from app.db.session import get_engine
 
-    name = f"graft_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    from app.db.session import get_engine
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, migrated once for the session."""
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    with scratch_database("graft_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -88,14 +88,9 @@ def _decode(data: bytes, size: int) -> np.ndarray:
     return to_array(load_rgb(io.BytesIO(data)), size)
 
 
-def _invalid_image(filename: str, exc: Exception) -> dict[str, Any]:
-    return {
-        "filename": filename,
-        "error": {
-            "code": "invalid_image",
-            "message": f"{filename} could not be decoded as an image: {exc}",
-        },
-    }
+def file_error(filename: str, code: str, message: str) -> dict[str, Any]:
+    """One image's result when it could not be classified: the error shape, per file."""
+    return {"filename": filename, "error": {"code": code, "message": message}}
 
 
 class Predictor:
@@ -167,7 +162,9 @@ class Predictor:
             # Pillow signals a malformed file with many unrelated exception types
             # (OSError, ValueError, SyntaxError, DecompressionBombError, ...).
             except Exception as exc:
-                results[i] = _invalid_image(filename, exc)
+                results[i] = file_error(
+                    filename, "invalid_image", f"{filename} could not be decoded as an image: {exc}"
+                )
                 continue
             positions.append(i)
         if arrays:

@@ -7,7 +7,7 @@ from typing import Any
 from app.config import Settings
 from app.db.models import Model
 from app.errors import Conflict, InvalidInput
-from app.services.inference import Predictor
+from app.services.inference import Predictor, file_error
 from app.services.models import artifact_path
 from app.storage import Storage
 
@@ -79,10 +79,8 @@ def predict(
 
 
 def _too_large(filename: str, limit: int) -> dict[str, Any]:
-    return {
-        "filename": filename,
-        "error": {
-            "code": "image_too_large",
-            "message": f"{filename} is larger than {limit} bytes (GRAFT_MAX_PREDICT_IMAGE_BYTES).",
-        },
-    }
+    return file_error(
+        filename,
+        "image_too_large",
+        f"{filename} is larger than {limit} bytes (GRAFT_MAX_PREDICT_IMAGE_BYTES).",
+    )
