@@ -3,10 +3,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from app.db.session import session_scope
 from app.queue import broker_reachable
+from app.repositories.health import ping
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +23,7 @@ def readyz() -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         with session_scope() as session:
-            session.execute(text("SELECT 1"))
+            ping(session)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"

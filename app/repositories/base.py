@@ -1,14 +1,25 @@
-"""What every repository shares: keyset pagination over prefixed, time-ordered ids."""
+"""What every repository shares: the session, the model class, add/get, team scoping,
+and keyset pagination over prefixed, time-ordered ids.
+
+Modelled on polar's `RepositoryBase` (server/polar/kit/repository/base.py): each
+subclass names its model with a class attribute and gets the common methods typed
+for it.
+
+    class DatasetRepository(TeamScopedRepository[Dataset]):
+        model = Dataset
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sqlalchemy import Select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import Select, select
+from sqlalchemy.orm import InstrumentedAttribute, Mapped, Session
 
 T = TypeVar("T")
+M = TypeVar("M")
+K = TypeVar("K")
 
 
 @dataclass
@@ -34,3 +45,51 @@ def paginate(
     items = rows[:limit]
     next_cursor = getattr(items[-1], "id", None) if has_more and items else None
     return Page(items=items, has_more=has_more, next_cursor=next_cursor)
+
+
+class RepositoryBase(Generic[M, K]):
+    """The session and the model class `M`, whose primary key has type `K`."""
+
+    model: type[M]
+    # Whether get() overwrites an already loaded object with the row as it is now
+    # (for rows that another process changes, such as jobs under a worker).
+    populate_existing: ClassVar[bool] = False
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, obj: M) -> M:
+        self.session.add(obj)
+        self.session.flush()
+        return obj
+
+    def get(self, id: K) -> M | None:
+        return self.session.get(self.model, id, populate_existing=self.populate_existing)
+
+
+class TeamOwned(Protocol):
+    """A row that belongs to a team and has a prefixed, time-ordered string id."""
+
+    id: Mapped[str]
+    team_id: Mapped[str]
+
+
+TM = TypeVar("TM", bound=TeamOwned)
+
+
+class TeamScopedRepository(RepositoryBase[TM, str]):
+    """Rows a team owns: another team's id reads exactly like a missing one."""
+
+    def get_for_team(self, team_id: str, id: str) -> TM | None:
+        stmt = select(self.model).where(self.model.id == id, self.model.team_id == team_id)
+        return self.session.scalars(stmt).first()
+
+    def list_for_team(
+        self, team_id: str, *, limit: int, cursor: str | None, **filters: object
+    ) -> Page[TM]:
+        """The team's rows, newest first; each filter given (not None) is an equality."""
+        stmt = select(self.model).where(self.model.team_id == team_id)
+        given = {name: value for name, value in filters.items() if value is not None}
+        if given:
+            stmt = stmt.filter_by(**given)
+        return paginate(self.session, stmt, self.model.id, limit=limit, cursor=cursor)

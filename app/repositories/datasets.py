@@ -5,29 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
-from app.repositories.base import Page, paginate
+from app.repositories.base import TeamScopedRepository
 
 ACTIVE_JOB_STATUSES = ("queued", "running")
 
 
-class DatasetRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, dataset: Dataset) -> Dataset:
-        self.session.add(dataset)
-        self.session.flush()
-        return dataset
-
-    def get(self, dataset_id: str) -> Dataset | None:
-        return self.session.get(Dataset, dataset_id)
-
-    def get_for_team(self, team_id: str, dataset_id: str) -> Dataset | None:
-        stmt = select(Dataset).where(Dataset.id == dataset_id, Dataset.team_id == team_id)
-        return self.session.scalars(stmt).first()
+class DatasetRepository(TeamScopedRepository[Dataset]):
+    model = Dataset
 
     def find_by_sha256(self, team_id: str, sha256: str, kind: str) -> Dataset | None:
         stmt = select(Dataset).where(
@@ -37,10 +23,6 @@ class DatasetRepository:
             Dataset.status != "failed",
         )
         return self.session.scalars(stmt).first()
-
-    def list_for_team(self, team_id: str, *, limit: int, cursor: str | None) -> Page[Dataset]:
-        stmt = select(Dataset).where(Dataset.team_id == team_id)
-        return paginate(self.session, stmt, Dataset.id, limit=limit, cursor=cursor)
 
     def processing_since(self, before: datetime) -> list[Dataset]:
         stmt = select(Dataset).where(Dataset.status == "processing", Dataset.created_at < before)

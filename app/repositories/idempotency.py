@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from app.db.models import IdempotencyKey
+from app.repositories.base import RepositoryBase
 
 
-class IdempotencyRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class IdempotencyRepository(RepositoryBase[IdempotencyKey, tuple[str, str, str]]):
+    """Keyed by (team_id, scope, key), the table's primary key in that order."""
 
-    def get(self, team_id: str, scope: str, key: str) -> IdempotencyKey | None:
-        stmt = select(IdempotencyKey).where(
-            IdempotencyKey.team_id == team_id,
-            IdempotencyKey.scope == scope,
-            IdempotencyKey.key == key,
-        )
-        return self.session.scalars(stmt).first()
+    model = IdempotencyKey
 
-    def add(self, record: IdempotencyKey) -> None:
-        self.session.add(record)
+    def delete(self, record: IdempotencyKey) -> None:
+        self.session.delete(record)
         self.session.flush()

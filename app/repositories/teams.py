@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from app.db.models import ApiKey, Team
+from app.repositories.base import RepositoryBase
 
 
-class TeamRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, team: Team) -> Team:
-        self.session.add(team)
-        self.session.flush()
-        return team
-
-    def get(self, team_id: str) -> Team | None:
-        return self.session.get(Team, team_id)
+class TeamRepository(RepositoryBase[Team, str]):
+    model = Team
 
     def add_key(self, key: ApiKey) -> ApiKey:
         self.session.add(key)

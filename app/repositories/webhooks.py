@@ -5,18 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
 from app.db.models import WebhookDelivery
+from app.repositories.base import RepositoryBase
 
 
-class WebhookRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, delivery: WebhookDelivery) -> None:
-        self.session.add(delivery)
-        self.session.flush()
+class WebhookRepository(RepositoryBase[WebhookDelivery, int]):
+    model = WebhookDelivery
 
     def due(self, now: datetime, limit: int = 20) -> list[WebhookDelivery]:
         """For each job, its oldest pending delivery, if it is due: deliveries of one job
@@ -47,9 +42,6 @@ class WebhookRepository:
             .execution_options(synchronize_session=False)
         )
         return int(getattr(result, "rowcount", 0)) == 1
-
-    def get(self, delivery_id: int) -> WebhookDelivery | None:
-        return self.session.get(WebhookDelivery, delivery_id)
 
     def for_job(self, job_id: str) -> list[WebhookDelivery]:
         stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)

@@ -48,7 +48,7 @@ def idempotent(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", param="Idempotency-Key"
         )
     repo = IdempotencyRepository(session)
-    record = repo.get(team_id, scope, key)
+    record = repo.get((team_id, scope, key))
     if record is not None and record.created_at > utcnow() - TTL:
         if record.request_hash != fingerprint:
             raise Conflict(
@@ -61,8 +61,7 @@ def idempotent(
             return existing, False
     obj = create()
     if record is not None:
-        session.delete(record)
-        session.flush()
+        repo.delete(record)
     repo.add(
         IdempotencyKey(
             team_id=team_id,
