@@ -61,19 +61,58 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# How long `serve` waits for its worker to checkpoint and exit before killing it.
+WORKER_STOP_SECONDS = 60
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+log = logging.getLogger(__name__)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Migrate, start one worker process, and serve the API until interrupted."""
-    migrate(args)
-    cmd = [sys.executable, "-m", "app.cli", "worker", "--queues", args.queues, "--concurrency", "1"]
-    proc = subprocess.Popen(cmd)
+    """Migrate, start one worker process, and serve the API until interrupted.
+
+    SIGTERM or SIGINT stops the API, then the worker (SIGTERM: it checkpoints and
+    requeues its running job), waiting for it. uvicorn captures both signals and, once
+    shut down, raises the captured one again under the handler it found: with the
+    default SIGTERM handler that would end this process before the worker is stopped,
+    so serve installs handlers of its own that unwind through the `finally` below.
+    """
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in _STOP_SIGNALS}
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        migrate(args)
+        cmd = [sys.executable, "-m", "app.cli", "worker", "--queues", args.queues]
+        cmd += ["--concurrency", "1"]
+        proc = subprocess.Popen(cmd)
         return api(args)
     finally:
+        if proc is not None:
+            _stop_worker(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker and wait for it; a second signal, or the timeout, kills it."""
+
+    def kill(signum: int, frame: object) -> None:
+        log.warning("signal %d while the worker stops: killing worker %d", signum, proc.pid)
+        proc.kill()
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, kill)
+    if proc.poll() is None:
+        log.info("stopping worker %d", proc.pid)
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    try:
+        proc.wait(timeout=WORKER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.warning("worker %d still running after %ds: killing it", proc.pid, WORKER_STOP_SECONDS)
+        proc.kill()
+        proc.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:
