@@ -136,6 +136,14 @@ class Progress(OutputModel):
     eta_seconds: float | None = Field(None, examples=[95.0])
     images_per_second: float | None = Field(None, examples=[410.5])
     learning_rate: float | None = Field(None, examples=[0.00093])
+    phase: Literal["features", "training"] = Field(
+        "training",
+        description=(
+            "features: a linear probe is running its frozen backbone once over the train and "
+            "val images (epoch 0; step counts those batches out of steps_per_epoch, eta_seconds "
+            "is for this phase); training: the epochs themselves"
+        ),
+    )
 
 
 class EpochMetrics(OutputModel):

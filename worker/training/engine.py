@@ -237,6 +237,50 @@ class ProgressMeter:
         )
 
 
+class FeatureMeter:
+    """Progress and stop checks while a linear probe computes its feature cache.
+
+    Reports Progress(phase="features", epoch=0) with step = feature batches done out of
+    steps_per_epoch = all of them (train then val), throttled like ProgressMeter and always
+    on the last batch. Between batches it asks hooks.should_stop() and raises
+    TrainingStopped(reason, 0, 0): no epoch ran, so nothing needs a checkpoint (a restart
+    computes the features again).
+    """
+
+    def __init__(self, hooks: Hooks, total_epochs: int, total_batches: int, lr: float) -> None:
+        self.hooks, self.total_epochs, self.total_batches = hooks, total_epochs, total_batches
+        self.lr = lr
+        self.start = time.monotonic()
+        self.batches, self.images = 0, 0
+        self.last_report = -math.inf
+
+    def batch_done(self, images: int) -> None:
+        self.batches += 1
+        self.images += images
+        now = time.monotonic()
+        last = self.batches >= self.total_batches
+        if last or now - self.last_report >= PROGRESS_INTERVAL_SECONDS:
+            self.last_report = now
+            elapsed = now - self.start
+            self.hooks.on_progress(
+                Progress(
+                    epoch=0,
+                    total_epochs=self.total_epochs,
+                    step=self.batches,
+                    steps_per_epoch=self.total_batches,
+                    fraction=0.0,
+                    eta_seconds=elapsed / self.batches * (self.total_batches - self.batches),
+                    images_per_second=self.images / elapsed if elapsed else None,
+                    learning_rate=self.lr,
+                    phase="features",
+                )
+            )
+        if not last:
+            reason = self.hooks.should_stop()
+            if reason is not None:
+                raise TrainingStopped(reason, 0, 0)
+
+
 def train_one_epoch(
     module: nn.Module,
     inputs: Inputs,
@@ -466,17 +510,27 @@ class Trainer:
         cfg, device = self.cfg, self.device
         extractor = registry.feature_extractor(self.model, cfg.architecture)
         probe = ImageInputs(val, cfg, device, augmentation="none")
+        batch_size = EVAL_BATCH_SIZE
+        total = features.batch_count(len(train), batch_size)
+        total += features.batch_count(len(val), batch_size)
+        # Created on first use, so a cache loaded from the workdir reports nothing.
+        meter: FeatureMeter | None = None
 
         def compute_one(images: np.ndarray) -> torch.Tensor:
+            nonlocal meter
+            if meter is None:
+                lr = self.optimizer.param_groups[-1]["lr"]
+                meter = FeatureMeter(self.hooks, cfg.epochs, total, lr)
             return features.compute(
                 extractor,
                 images,
-                batch_size=EVAL_BATCH_SIZE,
+                batch_size=batch_size,
                 device=device,
                 mean=probe.mean,
                 std=probe.std,
                 channels_last=probe.channels_last,
                 autocast=self.precision.autocast,
+                on_batch=meter.batch_done,
             )
 
         return features.load_or_compute(

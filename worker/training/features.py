@@ -34,8 +34,12 @@ def compute(
     std: torch.Tensor,
     channels_last: bool,
     autocast: Callable[[], AbstractContextManager[object]],
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Float32 features (N, D) on the device, from un-augmented images."""
+    """Float32 features (N, D) on the device, from un-augmented images.
+
+    on_batch(images in the batch) is called after each batch; it may raise to stop.
+    """
     extractor.eval()
     gen = torch.Generator()  # unused: mode "none" draws nothing
     out = []
@@ -46,7 +50,14 @@ def compute(
         )
         with autocast():
             out.append(extractor(x).float())
+        if on_batch is not None:
+            on_batch(len(idx))
     return torch.cat(out)
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """How many batches compute() runs over n images."""
+    return -(-n // batch_size)
 
 
 def load_or_compute(

@@ -14,7 +14,9 @@ from typing import Any, Literal
 import numpy as np
 
 Strategy = Literal["linear_probe", "partial", "full"]
-StopReason = Literal["cancelled", "preempted", "lease_lost", "timeout"]
+StopReason = Literal["cancelled", "preempted", "lease_lost"]
+# "features": a linear probe computing its feature cache (epoch 0, before any training).
+Phase = Literal["features", "training"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Progress:
     eta_seconds: float | None
     images_per_second: float | None
     learning_rate: float
+    # In phase "features", epoch is 0, step counts feature batches done (train then val)
+    # out of steps_per_epoch in all, fraction is 0 and eta_seconds is for the phase only.
+    phase: Phase = "training"
 
 
 @dataclass(frozen=True)
