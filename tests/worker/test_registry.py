@@ -103,7 +103,7 @@ def test_missing_weights_offline_names_arch_file_and_fix(tmp_path: Path) -> None
         )
     message = str(err.value)
     assert "resnet50" in message and "downloads are disabled" in message
-    assert str(tmp_path / "resnet50-11ad3fa6.pth") in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in message
     assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
     assert list(tmp_path.iterdir()) == []
 
@@ -119,7 +119,7 @@ def test_download_without_network_fails_fast(
             "mobilenet_v3_small", 3, weights="imagenet", cache_dir=tmp_path, image_size=64
         )
     assert time.monotonic() - start < 15
-    assert not [p for p in tmp_path.iterdir() if p.is_file()]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_imagenet_weights_load_from_the_cache(tmp_path: Path) -> None:
@@ -127,7 +127,9 @@ def test_imagenet_weights_load_from_the_cache(tmp_path: Path) -> None:
     # name, same 1000-class layout; the loader must read it and keep all but the head.
     torch.manual_seed(1)
     source = registry._construct("mobilenet_v3_small", 1000, 64)
-    torch.save(source.state_dict(), registry.weights_path("mobilenet_v3_small", tmp_path))
+    path = registry.weights_path("mobilenet_v3_small", tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), path)
 
     model = registry.build_model(
         "mobilenet_v3_small",
