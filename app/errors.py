@@ -35,10 +35,6 @@ class AppError(Exception):
         return {"error": {"code": self.code, "message": self.message, "param": self.param}}
 
 
-class BadRequest(AppError):
-    """Malformed input (400)."""
-
-
 class Unauthorized(AppError):
     """Missing or unknown API key (401)."""
 
@@ -84,17 +80,3 @@ class InvalidInput(AppError):
 
     status_code = 422
     code = "invalid_input"
-
-
-class NotImplementedFeature(AppError):
-    """A documented part of the contract that this version does not provide yet (501)."""
-
-    status_code = 501
-    code = "not_implemented"
-
-
-class ServiceUnavailable(AppError):
-    """A dependency (database, broker) cannot be reached (503)."""
-
-    status_code = 503
-    code = "service_unavailable"

@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_TASK = "graft.train"
 INGEST_TASK = "graft.ingest"
-MAINTENANCE_TASK = "graft.maintenance"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -17,55 +17,22 @@ from datetime import timedelta
 
 from app.config import Settings, get_settings
 from app.db.base import utcnow
-from app.db.session import session_scope
-from app.queue import enqueue_ingest, enqueue_job
+from app.db.session import in_transaction, session_scope
+from app.queue import enqueue_ingest
 from app.repositories.datasets import DatasetRepository
-from app.repositories.jobs import JobRepository
-from app.services.events import record_event
-from app.services.jobs import dispatch_job, fail_exhausted
+from app.services import job_runs
 
 log = logging.getLogger(__name__)
 
 
 def reap(settings: Settings) -> list[str]:
     """Re-queue or fail jobs whose lease expired; returns the ids re-queued."""
-    now = utcnow()
-    requeued: list[str] = []
-    with session_scope() as session:
-        repo = JobRepository(session)
-        for job in repo.expired_leases(now):
-            if job.attempt >= settings.max_attempts:
-                fail_exhausted(session, job, settings.max_attempts)
-            elif repo.requeue_expired(job.id, now):
-                record_event(
-                    repo.session,
-                    job.id,
-                    "job.requeued",
-                    {"reason": "lease_expired", "attempt": job.attempt},
-                )
-                requeued.append(job.id)
-    for job_id in requeued:
-        dispatch_job(job_id)
-    return requeued
+    return in_transaction(job_runs.reap, max_attempts=settings.max_attempts)
 
 
 def redispatch(settings: Settings) -> list[str]:
     """Send again the queued jobs that nobody claimed within redispatch_after_seconds."""
-    now = utcnow()
-    with session_scope() as session:
-        stale = [
-            j.id
-            for j in JobRepository(session).stale_queued(
-                now - timedelta(seconds=settings.redispatch_after_seconds)
-            )
-        ]
-    sent = [job_id for job_id in stale if enqueue_job(job_id)]
-    if sent:
-        with session_scope() as session:
-            repo = JobRepository(session)
-            for job_id in sent:
-                repo.mark_dispatched(job_id, now)
-    return sent
+    return in_transaction(job_runs.redispatch, older_than_seconds=settings.redispatch_after_seconds)
 
 
 def redispatch_ingests(settings: Settings) -> list[str]:
@@ -105,11 +72,12 @@ class MaintenanceLoop(threading.Thread):
     def __init__(self, interval: float) -> None:
         super().__init__(name="graft-maintenance", daemon=True)
         self.interval = interval
-        self._stop = threading.Event()
+        # Not `_stop`: threading.Thread has a method of that name, which join() calls.
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stopping.wait(self.interval):
             run_once()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()

@@ -1,7 +1,8 @@
 """The files of a trained model: weights, metadata, exported variants and the bundle.
 
-Pure file work (no SQL): the runner calls it, then records the returned artifact list
-on the model row only while it still holds the job's lease.
+Pure file work (no SQL): write_model() returns the model row to publish and the job's
+report; the runner hands both to the lifecycle service, which records them only while
+the job's lease is still held.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import torch
 from safetensors.torch import save
 
 from app.architectures import ARCHITECTURES, preprocessing
+from app.schemas.jobs import JobCreate
+from app.services.job_runs import ModelRecord
 from app.storage import atomic_writer, describe_file, write_json
-from worker.errors import JobFailed
 from worker.export.artifacts import FILE_NAMES
 from worker.export.bundle import build_bundle
-from worker.export.onnx_export import ExportMismatch
 from worker.export.pipeline import export_variants
 from worker.export.quantize import pick_calibration
 from worker.training.types import FitResult, ImageSet, TrainConfig
@@ -37,23 +38,14 @@ class Trained:
     adaptation: dict[str, Any] | None = None  # the domain adaptation report
 
 
-@dataclass
-class Published:
-    artifacts: list[dict[str, Any]]
-    metrics: dict[str, Any]
-    preprocessing: dict[str, Any]
-    recommended_artifact: str
-
-
-def requested_formats(spec: dict[str, Any]) -> list[str]:
-    formats = list(spec.get("export") or [])
-    formats += [QUANTIZATION_FORMATS[q] for q in spec.get("quantization") or []]
-    return formats
+def requested_formats(spec: JobCreate) -> list[str]:
+    return [*spec.export, *(QUANTIZATION_FORMATS[q] for q in spec.quantization)]
 
 
 def write_model(
-    directory: Path, model_id: str, job_id: str, spec: dict[str, Any], trained: Trained
-) -> Published:
+    directory: Path, model_id: str, job_id: str, spec: JobCreate, trained: Trained
+) -> tuple[ModelRecord, dict[str, Any]]:
+    """Write the model's files into `directory`; return its row and the job's report."""
     result, cfg = trained.result, trained.cfg
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / "model.safetensors"
@@ -86,7 +78,7 @@ def write_model(
         "export": export,
         "domain_adaptation": trained.adaptation,
         "recommended_artifact": recommended,
-        "spec": spec,
+        "spec": spec.model_dump(mode="json"),
         "validation_set": {
             "paths": trained.val.paths,
             "labels": [int(x) for x in trained.val.labels],
@@ -96,11 +88,21 @@ def write_model(
     }
     write_json(directory / "metadata.json", metadata)
     artifacts.insert(1, describe_file(directory / "metadata.json", "metadata"))
+    report = {"best_epoch": result.best_epoch, **result.report}
     if export is not None:
-        metrics = {**metrics, "export": export}
+        metrics["export"] = report["export"] = export
     if trained.adaptation is not None:
-        metrics = {**metrics, "domain_adaptation": trained.adaptation}
-    return Published(artifacts, {**metrics, "report": result.report}, prep, recommended)
+        metrics["domain_adaptation"] = report["domain_adaptation"] = trained.adaptation
+    record = ModelRecord(
+        name=f"{cfg.architecture} from {job_id}",
+        architecture=cfg.architecture,
+        classes=trained.classes,
+        preprocessing=prep,
+        metrics={**metrics, "report": result.report},
+        artifacts=artifacts,
+        recommended_artifact=recommended,
+    )
+    return record, report
 
 
 def _model_metrics(result: FitResult) -> dict[str, Any]:
@@ -116,30 +118,25 @@ def _model_metrics(result: FitResult) -> dict[str, Any]:
 
 
 def _export(
-    directory: Path, model_id: str, spec: dict[str, Any], trained: Trained, prep: dict[str, Any]
+    directory: Path, model_id: str, spec: JobCreate, trained: Trained, prep: dict[str, Any]
 ) -> dict[str, Any] | None:
     formats = requested_formats(spec)
     if not formats:
         return None
     cfg = trained.cfg
-    picked = pick_calibration(
-        trained.train.labels, n=int(spec.get("calibration_images", 256)), seed=cfg.seed
+    picked = pick_calibration(trained.train.labels, n=spec.calibration_images, seed=cfg.seed)
+    report = export_variants(
+        trained.model.cpu().eval(),
+        formats=formats,
+        image_size=cfg.image_size,
+        mean=cfg.mean,
+        std=cfg.std,
+        class_names=trained.classes,
+        calibration_images=trained.train.images[picked],
+        val=trained.val,
+        out_dir=directory,
+        max_accuracy_drop=spec.max_accuracy_drop,
     )
-    try:
-        report = export_variants(
-            trained.model.cpu().eval(),
-            formats=formats,
-            image_size=cfg.image_size,
-            mean=cfg.mean,
-            std=cfg.std,
-            class_names=trained.classes,
-            calibration_images=trained.train.images[picked],
-            val=trained.val,
-            out_dir=directory,
-            max_accuracy_drop=float(spec.get("max_accuracy_drop", 1.0)),
-        )
-    except ExportMismatch as exc:
-        raise JobFailed("export_mismatch", str(exc)) from exc
     onnx_files = {v.format: directory / FILE_NAMES[v.format] for v in report.variants}
     build_bundle(
         directory / "bundle.zip",

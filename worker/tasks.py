@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.config import get_settings
-from app.db.session import session_scope
+from app.db.session import in_transaction
 from app.queue import INGEST_TASK, TRAIN_TASK
 from app.services.datasets import ingest_pending
 from app.storage import Storage
@@ -20,5 +20,4 @@ def train(job_id: str) -> str:
 @app.task(name=INGEST_TASK)
 def ingest(dataset_id: str) -> None:
     settings = get_settings()
-    with session_scope() as session:
-        ingest_pending(session, Storage(settings.resolved_data_dir), settings, dataset_id)
+    in_transaction(ingest_pending, Storage(settings.resolved_data_dir), settings, dataset_id)

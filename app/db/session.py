@@ -6,12 +6,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -69,3 +72,9 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
     for callback in callbacks:
         callback()
+
+
+def in_transaction(step: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs) -> T:
+    """step(session, *args, **kw) in a transaction of its own (a worker's unit of work)."""
+    with session_scope() as session:
+        return step(session, *args, **kw)

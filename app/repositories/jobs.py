@@ -10,40 +10,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import Job, JobEvent
-from app.repositories.base import Page, paginate
+from app.repositories.base import TeamScopedRepository
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
-class JobRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class JobRepository(TeamScopedRepository[Job]):
+    """get() re-reads the row (populate_existing): workers change jobs under the API.
 
-    # -- reads ---------------------------------------------------------------
+    list_for_team(team_id, status=..., limit=..., cursor=...) filters by status when given.
+    """
 
-    def add(self, job: Job) -> Job:
-        self.session.add(job)
-        self.session.flush()
-        return job
-
-    def get(self, job_id: str) -> Job | None:
-        return self.session.get(Job, job_id, populate_existing=True)
-
-    def get_for_team(self, team_id: str, job_id: str) -> Job | None:
-        stmt = select(Job).where(Job.id == job_id, Job.team_id == team_id)
-        return self.session.scalars(stmt).first()
-
-    def list_for_team(
-        self, team_id: str, *, status: str | None, limit: int, cursor: str | None
-    ) -> Page[Job]:
-        stmt = select(Job).where(Job.team_id == team_id)
-        if status:
-            stmt = stmt.where(Job.status == status)
-        return paginate(self.session, stmt, Job.id, limit=limit, cursor=cursor)
+    model = Job
+    populate_existing = True
 
     # -- claiming and leases -------------------------------------------------
 
@@ -92,6 +74,13 @@ class JobRepository:
         )
         return _rowcount(result) == 1
 
+    def holds(self, job_id: str, owner: str) -> bool:
+        """Whether `owner` still holds the running job's lease."""
+        stmt = select(Job.id).where(
+            Job.id == job_id, Job.lease_owner == owner, Job.status == "running"
+        )
+        return self.session.scalar(stmt) is not None
+
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
@@ -131,7 +120,8 @@ class JobRepository:
         )
         return _rowcount(result) == 1
 
-    def fail_exhausted(self, job_id: str, now: datetime, error: dict[str, Any]) -> bool:
+    def give_up(self, job_id: str, now: datetime, error: dict[str, Any]) -> bool:
+        """Fail a job that used up its attempts, unless a worker holds a live lease."""
         result = self.session.execute(
             update(Job)
             .where(

@@ -1,8 +1,10 @@
-"""Use cases for jobs: create (validate, commit, then enqueue), read, list, cancel."""
+"""Use cases for jobs: create (validate, commit, then enqueue), read, list, cancel, events.
+
+What happens to a job after it was created lives in app/services/job_runs.py.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 
@@ -11,19 +13,17 @@ from sqlalchemy.orm import Session
 from app.architectures import ARCHITECTURES, Architecture
 from app.db.base import utcnow
 from app.db.models import Dataset, Job, JobEvent, Model, Team
-from app.db.session import after_commit, session_scope
-from app.errors import Conflict, InvalidInput, NotFound
+from app.db.session import session_scope
+from app.errors import InvalidInput, NotFound
 from app.ids import new_id
-from app.queue import enqueue_job
 from app.repositories.base import Page
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.schemas.jobs import JobCreate
+from app.services import job_runs
 from app.services.datasets import get_dataset
 from app.services.events import record_event
 from app.services.idempotency import idempotent, request_hash
 from app.services.models import get_model
-
-log = logging.getLogger(__name__)
 
 
 def resolve_base_model(
@@ -189,32 +189,8 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     repo = JobRepository(session)
     repo.add(job)
     record_event(repo.session, job.id, "job.queued", {"architecture": arch.name})
-    # Only after the commit: a worker must never receive an id it cannot read.
-    after_commit(session, lambda: dispatch_job(job.id))
+    job_runs.dispatch_after_commit(session, job.id)
     return job
-
-
-def fail_exhausted(session: Session, job: Job, max_attempts: int) -> bool:
-    """End a job that used up its attempts; False if it is not (or no longer) stuck."""
-    error = {
-        "code": "too_many_attempts",
-        "message": f"The job was attempted {job.attempt} times without finishing "
-        f"(GRAFT_MAX_ATTEMPTS={max_attempts}).",
-    }
-    if job.attempt < max_attempts or not JobRepository(session).fail_exhausted(
-        job.id, utcnow(), error
-    ):
-        return False
-    record_event(session, job.id, "job.failed", error)
-    return True
-
-
-def dispatch_job(job_id: str) -> None:
-    """Send a committed job to the broker; if it is down, leave it to the dispatcher."""
-    if not enqueue_job(job_id):
-        log.warning("job %s stays queued for the dispatcher: broker unreachable", job_id)
-        with session_scope() as session:
-            JobRepository(session).mark_undispatched(job_id)
 
 
 def get_job(session: Session, team: Team, job_id: str) -> Job:
@@ -231,24 +207,7 @@ def list_jobs(
 
 
 def cancel_job(session: Session, team: Team, job_id: str) -> Job:
-    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
-    job = get_job(session, team, job_id)
-    repo = JobRepository(session)
-    if repo.cancel_if_queued(job.id):
-        record_event(repo.session, job.id, "job.cancelled", {"while": "queued"})
-    elif repo.request_cancel_if_running(job.id):
-        record_event(repo.session, job.id, "job.cancel_requested", {})
-    else:
-        current = repo.get(job.id)
-        if current is not None and current.status in TERMINAL_STATUSES:
-            raise Conflict(
-                f"Job {job_id} already ended ({current.status}).",
-                code="job_finished",
-                param="job_id",
-            )
-    refreshed = repo.get(job.id)
-    assert refreshed is not None
-    return refreshed
+    return job_runs.cancel(session, get_job(session, team, job_id))
 
 
 def follow_events(

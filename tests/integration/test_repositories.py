@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
@@ -25,11 +26,11 @@ def db(request: pytest.FixtureRequest) -> Iterator[str]:
     yield env["GRAFT_DATABASE_URL"] or get_settings().sqlalchemy_url
 
 
-def make_job(session: Session) -> str:
-    team = create_team(session, "t")
-    ds = Dataset(
-        id="ds_1" + team.id[-6:],
-        team_id=team.id,
+def a_dataset(id: str, team_id: str) -> Dataset:
+    """A ready dataset row (no files: the repositories never look at them)."""
+    return Dataset(
+        id=id,
+        team_id=team_id,
         name="d",
         kind="labeled",
         status="ready",
@@ -41,18 +42,30 @@ def make_job(session: Session) -> str:
         size_bytes=0,
         created_at=utcnow(),
     )
-    session.add(ds)
-    job = Job(
-        id="job_1" + team.id[-6:],
-        team_id=team.id,
-        dataset_id=ds.id,
-        spec={},
-        status="queued",
+
+
+def a_job(id: str, team_id: str, status: str = "queued", spec: dict[str, Any] | None = None) -> Job:
+    return Job(
+        id=id,
+        team_id=team_id,
+        spec=spec or {},
+        status=status,
         metrics=[],
         attempt=0,
         cancel_requested=False,
         created_at=utcnow(),
     )
+
+
+def make_job(session: Session, spec: dict[str, Any] | None = None) -> str:
+    """A team, a ready dataset, and a queued job on it (a valid spec unless given)."""
+    team = create_team(session, "t")
+    ds = a_dataset("ds_1" + team.id[-6:], team.id)
+    session.add(ds)
+    job = a_job("job_1" + team.id[-6:], team.id, spec=spec)
+    job.dataset_id = ds.id
+    if spec is None:
+        job.spec = {"dataset_id": ds.id, "base_model": "resnet18"}
     session.add(job)
     session.flush()
     return job.id

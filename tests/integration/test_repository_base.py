@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from app.db.base import utcnow
-from app.db.models import Dataset, Job, Model
+from app.db.models import Job, Model
 from app.db.session import session_scope
 from app.repositories.base import TeamScopedRepository
 from app.repositories.datasets import DatasetRepository
@@ -18,26 +18,13 @@ from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
 from app.repositories.webhooks import WebhookRepository
 from app.services.teams import create_team
-from tests.integration.test_repositories import db  # noqa: F401  (PostgreSQL and SQLite)
+from tests.integration.test_repositories import (  # (db: PostgreSQL and SQLite)
+    a_dataset,
+    a_job,
+    db,  # noqa: F401
+)
 
 pytestmark = pytest.mark.usefixtures("db")
-
-
-def a_dataset(id: str, team_id: str) -> Dataset:
-    return Dataset(
-        id=id,
-        team_id=team_id,
-        name="d",
-        kind="labeled",
-        status="ready",
-        num_images=0,
-        classes=[],
-        rejected=[],
-        warnings=[],
-        sha256="0" * 64,
-        size_bytes=0,
-        created_at=utcnow(),
-    )
 
 
 def a_model(id: str, team_id: str) -> Model:
@@ -51,19 +38,6 @@ def a_model(id: str, team_id: str) -> Model:
         preprocessing={},
         metrics={},
         artifacts=[],
-        created_at=utcnow(),
-    )
-
-
-def a_job(id: str, team_id: str, status: str = "queued") -> Job:
-    return Job(
-        id=id,
-        team_id=team_id,
-        spec={},
-        status=status,
-        metrics=[],
-        attempt=0,
-        cancel_requested=False,
         created_at=utcnow(),
     )
 

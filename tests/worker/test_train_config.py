@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 
-from app.schemas.jobs import Hyperparameters
-from worker.runner import train_config
+from app.schemas.jobs import Hyperparameters, JobCreate
+from worker.job_inputs import train_config
 from worker.training.types import TrainConfig
 
 
@@ -14,10 +14,14 @@ def test_every_hyperparameter_is_a_train_config_field() -> None:
 
 
 def test_train_config_takes_the_spec_values() -> None:
-    hp = Hyperparameters(
-        epochs=7, augmentation="strong", random_invert=0.5, image_size=32, seed=3
-    ).model_dump()
-    spec = {"strategy": "partial", "unfreeze_last": 2, "hyperparameters": hp}
+    hp = Hyperparameters(epochs=7, augmentation="strong", random_invert=0.5, image_size=32, seed=3)
+    spec = JobCreate(
+        dataset_id="ds_x",
+        base_model="resnet18",
+        strategy="partial",
+        unfreeze_last=2,
+        hyperparameters=hp,
+    )
     cfg = asdict(train_config(spec, "resnet18", 4))
-    assert {k: cfg[k] for k in hp} == hp
+    assert {k: cfg[k] for k in hp.model_dump()} == hp.model_dump()
     assert (cfg["strategy"], cfg["unfreeze_last"], cfg["num_classes"]) == ("partial", 2, 4)

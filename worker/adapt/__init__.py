@@ -5,7 +5,8 @@ one module per method: adabn, tent, dann, pseudo_label; report holds the measure
 and the guard that keeps the unadapted model when adaptation made things worse.
 """
 
-from worker.adapt.common import AdaptationNotApplicable, AdaptResult
+from worker.adapt.common import AdaptResult
 from worker.adapt.run import adapt
+from worker.errors import AdaptationNotApplicable
 
 __all__ = ["AdaptResult", "AdaptationNotApplicable", "adapt"]

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from worker.adapt.common import (
-    AdaptationNotApplicable,
     AdaptJob,
     batchnorm_layers,
     even_batches,
     preserved_modes,
     unlabeled,
 )
+from worker.errors import AdaptationNotApplicable
 from worker.training import engine
 from worker.training.types import TrainConfig
 

@@ -23,10 +23,6 @@ from worker.training.types import Hooks, ImageSet, TrainConfig, TrainingStopped
 EVENT = "adaptation_epoch"
 
 
-class AdaptationNotApplicable(Exception):
-    """The method cannot adapt this model (e.g. AdaBN on a model without BatchNorm)."""
-
-
 @dataclass
 class AdaptResult:
     state_dict: dict[str, torch.Tensor]  # the weights to ship, on the CPU

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from worker.adapt import adabn, dann, pseudo_label, report, tent
-from worker.adapt.common import AdaptationNotApplicable, AdaptJob, AdaptResult, preserved_modes
+from worker.adapt.common import AdaptJob, AdaptResult, preserved_modes
+from worker.errors import AdaptationNotApplicable
 from worker.training import checkpoint, engine
 from worker.training.types import Hooks, ImageSet, TrainConfig
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from worker.adapt import adabn
-from worker.adapt.common import AdaptationNotApplicable, AdaptJob, batchnorm_layers, cycled_batches
+from worker.adapt.common import AdaptJob, batchnorm_layers, cycled_batches
+from worker.errors import AdaptationNotApplicable
 from worker.training import engine
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)

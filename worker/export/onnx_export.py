@@ -15,21 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker.errors import ExportMismatch
 from worker.export.artifacts import INPUT_NAME, OUTPUT_NAME, atomic_output
 from worker.export.evaluate import Normalization, compare_logits, onnx_logits
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-
-
-class ExportMismatch(Exception):
-    """The exported ONNX model does not compute what the PyTorch model computes."""
-
-    def __init__(self, message: str, *, max_abs_diff: float, top1_agreement: float) -> None:
-        super().__init__(message)
-        self.max_abs_diff = max_abs_diff
-        self.top1_agreement = top1_agreement
 
 
 def export_onnx(model: nn.Module, out_path: Path, *, image_size: int, opset: int = OPSET) -> str:

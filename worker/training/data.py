@@ -18,11 +18,8 @@ import numpy as np
 from app.imaging import load_rgb, to_array
 from app.services.splits import stratified_split
 from app.storage import fsync_dir, read_json
+from worker.errors import DatasetError
 from worker.training.types import ImageSet
-
-
-class DatasetError(Exception):
-    """The dataset's files cannot be used (missing, or changed since ingestion)."""
 
 
 def load_manifest(dataset_dir: Path) -> dict[str, Any]:

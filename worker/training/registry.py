@@ -2,8 +2,9 @@
 
 Each entry knows where the classifier head sits, how the backbone splits into ordered
 blocks (for `partial` with `unfreeze_last`), and which ImageNet weights Graft uses.
-Weights are read from Graft's own cache directory, never from torch.hub's global one, so
-an offline worker only ever loads files an operator placed there.
+Weights are read from Graft's own cache directory (GRAFT_MODEL_CACHE, laid out like
+$TORCH_HOME), never from torch.hub's global one, so an offline worker only ever loads
+files an operator placed there.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ import torchvision.models as tvm
 from torch import nn
 
 from app.architectures import ARCHITECTURES
+from worker.errors import WeightsUnavailable
 
 Blocks = Callable[[nn.Module], list[nn.Module]]
 
 # A download that cannot connect or stalls must fail, not hang a worker slot.
 DOWNLOAD_TIMEOUT_SECONDS = 20.0
-
-
-class WeightsUnavailable(Exception):
-    """The pretrained weights file is neither in the cache nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +160,14 @@ def _spec(name: str) -> _Spec:
 
 
 def weights_path(name: str, cache_dir: Path) -> Path:
-    """Where the ImageNet weights of `name` must sit in Graft's model cache."""
-    return Path(cache_dir) / os.path.basename(urlparse(_spec(name).weights.url).path)
+    """Where the ImageNet weights of `name` must sit in Graft's model cache.
+
+    The cache is laid out like $TORCH_HOME: torch.hub keeps torchvision's weights in
+    `$TORCH_HOME/hub/checkpoints/<file>`, so GRAFT_MODEL_CACHE may point at an existing
+    torch cache (e.g. ~/.cache/torch).
+    """
+    filename = os.path.basename(urlparse(_spec(name).weights.url).path)
+    return Path(cache_dir) / "hub" / "checkpoints" / filename
 
 
 def build_model(
@@ -299,7 +303,7 @@ def _load_imagenet_state(name: str, cache_dir: Path, allow_download: bool) -> di
                 _missing_message(name, path, f"download failed: {exc}")
             ) from exc
     # The file is in place, so torchvision's loader reads it without touching the network.
-    return spec.weights.get_state_dict(progress=False, model_dir=str(cache_dir))
+    return spec.weights.get_state_dict(progress=False, model_dir=str(path.parent))
 
 
 def _missing_message(name: str, path: Path, why: str) -> str:
@@ -308,7 +312,8 @@ def _missing_message(name: str, path: Path, why: str) -> str:
         f"ImageNet weights for {name} are not in the model cache ({why}). "
         f"Expected file: {path}. Download {url} on a machine with internet access "
         f"(or copy it from a torch hub cache, ~/.cache/torch/hub/checkpoints/) and "
-        f"place it at that path, or set GRAFT_MODEL_CACHE to a directory that holds it."
+        f"place it at that path, or set GRAFT_MODEL_CACHE to a torch cache directory "
+        f"(like $TORCH_HOME, e.g. ~/.cache/torch) whose hub/checkpoints/ holds it."
     )
 
 
