@@ -100,11 +100,16 @@ def test_reported_accuracies_are_recomputed_from_the_files(exported: dict[str, A
         session = ort.InferenceSession(download(exported, artifact["format"]))
         inp = session.get_inputs()[0]
         feed = batch.astype(np.float16) if inp.type == "tensor(float16)" else batch
-        logits = session.run(None, {inp.name: feed})[0]
+        logits = session.run(None, {inp.name: feed})[0].astype(np.float32)
         accuracy = float((logits.argmax(1) == labels).mean())
-        assert accuracy == pytest.approx(artifact["report"]["accuracy"], abs=1e-9), artifact[
-            "format"
-        ]
+        # The worker ran the file in its own batches and threads: exact, but for an image
+        # whose two largest logits are within rounding (fp16 rounds to ~1e-2 here; usually
+        # there is none), which may fall either way.
+        top2 = np.sort(logits, axis=1)[:, -2:]
+        near_ties = float(np.mean(top2[:, 1] - top2[:, 0] <= 0.02))
+        assert accuracy == pytest.approx(artifact["report"]["accuracy"], abs=near_ties + 1e-9), (
+            artifact["format"]
+        )
 
 
 def test_predict_matches_the_bundle(exported: dict[str, Any], tmp_path: Path) -> None:

@@ -55,9 +55,15 @@ def check_model_matches_report(api: Api, key: str, job: dict[str, Any]) -> dict[
         1, 3, 1, 1
     )
     with torch.no_grad():
-        pred = net(t).argmax(1).numpy()
+        logits = net(t).numpy()
+    pred = logits.argmax(1)
     accuracy = float((pred == np.asarray(val["labels"])).mean())
-    assert accuracy == pytest.approx(model["metrics"]["val_accuracy"], abs=1e-9)
+    # The worker ran the same weights in its own batches, so the logits may differ in the
+    # last bits: exact, but for an image whose two largest logits are that close (usually
+    # none), which may fall either way.
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    near_ties = float(np.mean(top2[:, 1] - top2[:, 0] <= 1e-3))
+    assert accuracy == pytest.approx(model["metrics"]["val_accuracy"], abs=near_ties + 1e-9)
     return dict(model)
 
 
@@ -67,10 +73,21 @@ def api_data_dir() -> str:
     return str(get_settings().resolved_data_dir)
 
 
+# Batches of 8 (12 steps an epoch, not 6): over 12 seeds the reported (best epoch) val
+# accuracy was 0.83-1.00, against 0.63-1.00 with batches of 16 and the 0.5 asked below.
+PIPELINE_HYPERPARAMETERS = {
+    "epochs": 3,
+    "batch_size": 8,
+    "learning_rate": 0.003,
+    "image_size": SIZE,
+    "augmentation": "none",
+}
+
+
 def run_pipeline(api: Api) -> tuple[str, dict[str, Any]]:
     key = api.new_team()
     ds = upload(api, key, digits_images((0, 1, 2), per_class=40, size=SIZE))
-    job = train_job(api, key, ds["id"])
+    job = train_job(api, key, ds["id"], hyperparameters=PIPELINE_HYPERPARAMETERS)
     job = wait_done(api, key, job["id"])
     assert job["status"] == "succeeded", job
     assert [m["epoch"] for m in job["metrics"]] == [1, 2, 3]

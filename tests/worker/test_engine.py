@@ -71,7 +71,13 @@ def val_accuracy(model: nn.Module, cfg: TrainConfig, val: ImageSet) -> float:
     ("overrides", "trainable"),
     [
         ({"strategy": "linear_probe", "learning_rate": 1e-2}, ("fc.",)),
-        ({"strategy": "partial", "unfreeze_last": 1, "epochs": 2}, ("fc.", "layer4.")),
+        # At 2 epochs and lr 3e-3 the best epoch beat the untrained model by 0.13-0.43 over
+        # 8 seeds (two at or under the 0.15 asked); at 3 epochs and lr 1e-2, by 0.27-0.58
+        # over 10 seeds (linear_probe: 0.24-0.46, full: 0.24-0.42, over 8).
+        (
+            {"strategy": "partial", "unfreeze_last": 1, "epochs": 3, "learning_rate": 1e-2},
+            ("fc.", "layer4."),
+        ),
     ],
     ids=["linear_probe", "partial"],
 )
@@ -320,9 +326,15 @@ def test_progress_is_throttled_and_reports_each_epoch_end(
     seen: list = []
     cfg = tiny_config(strategy="linear_probe", epochs=3)
     run(cfg, tiny_split, tmp_path, Hooks(on_progress=seen.append))
-    # Feature batches take microseconds: only the epoch ends (and the first step) get through.
-    assert len(seen) <= 2 * cfg.epochs
-    ends = [p for p in seen if p.step == p.steps_per_epoch]
+    # The feature cache reports its own phase first (always its last batch), then
+    # training: steps take microseconds, so only the epoch ends (and a first step) get
+    # through the throttle.
+    features = [p for p in seen if p.phase == "features"]
+    training = [p for p in seen if p.phase == "training"]
+    assert features and seen[: len(features)] == features
+    assert features[-1].step == features[-1].steps_per_epoch and features[-1].epoch == 0
+    assert len(features) <= 2 and len(training) <= 2 * cfg.epochs
+    ends = [p for p in training if p.step == p.steps_per_epoch]
     assert [p.epoch for p in ends] == [1, 2, 3]
     assert ends[-1].fraction == pytest.approx(1.0) and ends[-1].eta_seconds == pytest.approx(0.0)
     assert all(p.images_per_second and p.images_per_second > 0 for p in ends)

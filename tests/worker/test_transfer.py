@@ -18,7 +18,11 @@ from worker.training.types import FitResult, Hooks, ImageSet, TrainConfig
 CPU = torch.device("cpu")
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 SHOTS, VAL_SHOTS = 10, 5
-MARGIN = 0.15  # measured: 0.65 vs 0.33
+# Measured over 16 seeds of both jobs (a stand-in for the trajectories that other CPUs and
+# thread counts take): transfer 0.67-0.81, scratch 0.25-0.54, difference 0.25-0.48 (mean
+# 0.38). The recipe below matters: with light augmentation and no head warm-up the
+# difference ranged 0.00-0.38, so one seed on one CPU said little.
+MARGIN = 0.15
 
 
 def split_by_class(
@@ -61,8 +65,9 @@ def test_pretrained_on_other_digits_beats_training_from_scratch(
     assert pretrained.report["accuracy"] > 0.8
 
     # Job 2 continues from job 1's model onto the new classes; the baseline, with the
-    # very same recipe, starts from random weights.
-    cfg = tiny_config(num_classes=5, epochs=5, batch_size=16, augmentation="light")
+    # very same recipe, starts from random weights. One warm-up epoch trains the new head
+    # before the backbone moves, so fine-tuning keeps the features it is given.
+    cfg = tiny_config(num_classes=5, epochs=5, batch_size=16, augmentation="none", warmup_epochs=1)
     torch.manual_seed(1)
     transferred = registry.replace_head(
         registry.build_from_state("resnet18", 5, pretrained.state_dict, 16), "resnet18", 5
