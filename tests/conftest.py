@@ -103,7 +103,7 @@ def scratch_database(prefix: str) -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
     from app.db.migrate import upgrade
-    from app.db.session import get_engine
+    from app.db.session import dispose_engines
 
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -114,7 +114,7 @@ def scratch_database(prefix: str) -> Iterator[str]:
         upgrade(url)
         yield url
     finally:
-        get_engine(url).dispose()
+        dispose_engines(url)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -2,17 +2,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from app.api.deps import (
     CurrentTeam,
     Cursor,
     IdempotencyKeyHeader,
     Limit,
+    ReadAsTeam,
     SessionDep,
     SettingsDep,
     StorageDep,
 )
+from app.api.responses import as_json
 from app.api.uploads import multipart_body, stream_form
+from app.db.models import Team
 from app.schemas.common import ERROR_RESPONSES, PageOf, page_of
 from app.schemas.datasets import DatasetForm, DatasetRead
 from app.services import datasets as service
@@ -62,16 +66,20 @@ async def create_dataset(
 
 
 @router.get("", response_model=PageOf[DatasetRead])
-def list_datasets(
-    session: SessionDep, team: CurrentTeam, limit: Limit = 20, cursor: Cursor = None
-) -> PageOf[DatasetRead]:
-    page = service.list_datasets(session, team, limit=limit, cursor=cursor)
-    return page_of(DatasetRead, page)
+async def list_datasets(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = None) -> Response:
+    def answer(session: Session, team: Team) -> Response:
+        page = service.list_datasets(session, team, limit=limit, cursor=cursor)
+        return as_json(page_of(DatasetRead, page))
+
+    return await read(answer)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)
-def get_dataset(dataset_id: str, session: SessionDep, team: CurrentTeam) -> DatasetRead:
-    return DatasetRead.model_validate(service.get_dataset(session, team, dataset_id))
+async def get_dataset(dataset_id: str, read: ReadAsTeam) -> Response:
+    def answer(session: Session, team: Team) -> Response:
+        return as_json(DatasetRead.model_validate(service.get_dataset(session, team, dataset_id)))
+
+    return await read(answer)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -5,9 +5,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
-from app.api.deps import CurrentTeam, Cursor, IdempotencyKeyHeader, Limit, SessionDep
-from app.db.models import Job
+from app.api.deps import (
+    CurrentTeam,
+    Cursor,
+    IdempotencyKeyHeader,
+    Limit,
+    ReadAsTeam,
+    SessionDep,
+)
+from app.api.responses import as_json
+from app.db.models import Job, Team
 from app.schemas.common import ERROR_RESPONSES, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
 from app.services import jobs as service
@@ -57,22 +66,27 @@ def create_job(
 
 
 @router.get("", response_model=PageOf[JobRead])
-def list_jobs(
-    session: SessionDep,
-    team: CurrentTeam,
+async def list_jobs(
+    read: ReadAsTeam,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
     limit: Limit = 20,
     cursor: Cursor = None,
-) -> PageOf[JobRead]:
-    page = service.list_jobs(session, team, status=status, limit=limit, cursor=cursor)
-    return PageOf[JobRead](
-        data=[to_read(j) for j in page.items], has_more=page.has_more, next_cursor=page.next_cursor
-    )
+) -> Response:
+    def answer(session: Session, team: Team) -> Response:
+        page = service.list_jobs(session, team, status=status, limit=limit, cursor=cursor)
+        items = [to_read(j) for j in page.items]
+        return as_json(
+            PageOf[JobRead](data=items, has_more=page.has_more, next_cursor=page.next_cursor)
+        )
+
+    return await read(answer)
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
-    return to_read(service.get_job(session, team, job_id))
+async def get_job(job_id: str, read: ReadAsTeam) -> Response:
+    return await read(
+        lambda session, team: as_json(to_read(service.get_job(session, team, job_id)))
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
@@ -86,10 +100,9 @@ def cancel_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
     response_model=list[JobEventRead],
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-def list_events(
+async def list_events(
     job_id: str,
-    session: SessionDep,
-    team: CurrentTeam,
+    read: ReadAsTeam,
     after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
     accept: Annotated[str, Header()] = "application/json",
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
@@ -98,11 +111,13 @@ def list_events(
     Server-Sent Events stream that ends after the job's final event; reconnect with
     `Last-Event-ID` to resume."""
     if "text/event-stream" not in accept:
-        return [
-            JobEventRead.model_validate(e)
-            for e in service.list_events(session, team, job_id, after_id=after)
-        ]
-    job = service.get_job(session, team, job_id)
+
+        def events(session: Session, team: Team) -> list[JobEventRead]:
+            found = service.list_events(session, team, job_id, after_id=after)
+            return [JobEventRead.model_validate(e) for e in found]
+
+        return await read(events)
+    job = await read(lambda session, team: service.get_job(session, team, job_id))
     start = last_event_id if last_event_id is not None else after
     return StreamingResponse(
         _sse(job.id, start),

@@ -3,12 +3,23 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 
-from app.api.deps import CurrentTeam, Cursor, Limit, SessionDep, SettingsDep, StorageDep
+from app.api.deps import (
+    CurrentTeam,
+    Cursor,
+    Limit,
+    ReadAsTeam,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+)
+from app.api.responses import as_json
 from app.api.uploads import multipart_body, stream_form
+from app.db.models import Team
 from app.errors import InvalidInput
 from app.schemas.common import ERROR_RESPONSES, PageOf, page_of
 from app.schemas.models import ModelForm, ModelRead, PredictResponse
@@ -21,31 +32,40 @@ MEDIA_TYPES = {"metadata": "application/json", "bundle": "application/zip"}
 
 
 @router.get("", response_model=PageOf[ModelRead])
-def list_models(
-    session: SessionDep, team: CurrentTeam, limit: Limit = 20, cursor: Cursor = None
-) -> PageOf[ModelRead]:
-    page = service.list_models(session, team, limit=limit, cursor=cursor)
-    return page_of(ModelRead, page)
+async def list_models(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = None) -> Response:
+    def answer(session: Session, team: Team) -> Response:
+        return as_json(
+            page_of(ModelRead, service.list_models(session, team, limit=limit, cursor=cursor))
+        )
+
+    return await read(answer)
 
 
 @router.get("/{model_id}", response_model=ModelRead)
-def get_model(model_id: str, session: SessionDep, team: CurrentTeam) -> ModelRead:
-    return ModelRead.model_validate(service.get_model(session, team, model_id))
+async def get_model(model_id: str, read: ReadAsTeam) -> Response:
+    def answer(session: Session, team: Team) -> Response:
+        return as_json(ModelRead.model_validate(service.get_model(session, team, model_id)))
+
+    return await read(answer)
 
 
 @router.get("/{model_id}/artifacts/{format}", response_class=FileResponse)
-def download_artifact(
-    model_id: str, format: str, session: SessionDep, storage: StorageDep, team: CurrentTeam
+async def download_artifact(
+    model_id: str, format: str, read: ReadAsTeam, storage: StorageDep
 ) -> FileResponse:
     """Download one artifact: `safetensors`, `metadata`, `onnx`, `onnx-int8`, `onnx-fp16`,
     `bundle`. The sha256 of each is in the model object."""
-    model = service.get_model(session, team, model_id)
-    path = service.artifact_path(storage, model, format)
-    return FileResponse(
-        path,
-        media_type=MEDIA_TYPES.get(format, "application/octet-stream"),
-        filename=f"{model.id}-{path.name}",
-    )
+
+    def answer(session: Session, team: Team) -> FileResponse:
+        model = service.get_model(session, team, model_id)
+        path = service.artifact_path(storage, model, format)
+        return FileResponse(
+            path,
+            media_type=MEDIA_TYPES.get(format, "application/octet-stream"),
+            filename=f"{model.id}-{path.name}",
+        )
+
+    return await read(answer)
 
 
 @router.post(

@@ -21,7 +21,8 @@ from app.db.session import session_scope
 from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
 from app.services import job_runs
-from tests.conftest import Api, digits_images, zip_dataset
+from tests.conftest import Api, digits_images
+from tests.e2e.helpers import train_job, upload
 from worker import runner
 from worker.errors import DatasetError
 from worker.training.types import (
@@ -46,18 +47,9 @@ def api(request: pytest.FixtureRequest, make_api: Callable[[], Api]) -> Api:
 @pytest.fixture
 def job_id(api: Api) -> str:
     key = api.new_team()
-    files = {"file": ("d.zip", zip_dataset(digits_images(per_class=8)), "application/zip")}
-    ds = api.as_team(key, "POST", "/v1/datasets", files=files, data={"name": "d"}).json()
-    spec = {
-        "dataset_id": ds["id"],
-        "base_model": "resnet18",
-        "pretrained_weights": "none",
-        "strategy": "full",
-        "hyperparameters": {"epochs": EPOCHS, "batch_size": 8, "image_size": 16},
-    }
-    r = api.as_team(key, "POST", "/v1/jobs", json=spec)
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
+    ds = upload(api, key, digits_images(per_class=8))
+    hp = {"epochs": EPOCHS, "batch_size": 8, "image_size": 16}
+    return str(train_job(api, key, ds["id"], hyperparameters=hp)["id"])
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,322 @@
+"""The API's hot path, side by side with a bare FastAPI endpoint, on real processes.
+
+Run from the repository root (needs PostgreSQL on 127.0.0.1:5432, redis-server and wrk):
+
+    .venv/bin/python bench/bench_api.py                 # everything
+    .venv/bin/python bench/bench_api.py --part http     # only the wrk table
+
+Part `http`: one `graft api` process (uvicorn, as `graft api` runs it) on a scratch
+PostgreSQL database holding a team with 10,000 jobs, and one bare FastAPI process
+answering the same job JSON from memory. wrk (2 threads, or 1 at c=1) drives each
+endpoint for --seconds at 1 and 32 connections; the ratio column is requests/s over
+the bare endpoint's at the same concurrency, measured in the same run. Wrong keys and
+missing ids are measured too: they must cost no more than the right ones.
+
+Part `dispatch`: the time from POST /v1/jobs to `running` (the row's started_at minus
+its created_at) with an idle worker, over --jobs jobs: on PostgreSQL + Redis, and on
+the embedded defaults (SQLite + the file-system broker). Each job is cancelled once it
+runs, and the next one is created after it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from sqlalchemy import insert
+
+from app.db.base import utcnow
+from app.db.models import Job, Model
+from app.db.session import in_transaction, session_scope
+from app.services.teams import create_key, create_team
+from tests.conftest import (
+    REPO,
+    WorkerProcess,
+    api_factory,
+    base_env,
+    configure,
+    digits_images,
+    scratch_database,
+    wait_for,
+    zip_dataset,
+)
+from tests.e2e.helpers import RedisServer, free_port
+from tests.integration.test_repositories import a_dataset
+
+JOBS_IN_TEAM = 10_000
+BARE_APP = """
+import json, os
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+app = FastAPI()
+BODY = json.loads(os.environ["BENCH_BODY"])
+
+@app.get("/v1/jobs/{job_id}")
+def get_job(job_id: str) -> JSONResponse:
+    return JSONResponse(BODY)
+"""
+
+
+@contextmanager
+def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """A uvicorn process; yields its base URL once /healthz or / answers."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/docs", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_for(up, 60, f"{cmd[2]} on port {port}")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def wrk(url: str, key: str | None, connections: int, seconds: int) -> dict[str, float]:
+    threads = 1 if connections == 1 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if key is not None:
+        cmd += ["-H", f"Authorization: Bearer {key}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "rps": rps,
+        "p50": _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "p99": _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
+    }
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def seed(env: dict[str, str]) -> dict[str, str]:
+    """A team with a key, a dataset row, 10,000 jobs and a model; another team's key."""
+    configure(env)
+    with session_scope() as s:
+        team = create_team(s, "bench")
+        _, key = create_key(s, team.id)
+        other = create_team(s, "other")
+        _, other_key = create_key(s, other.id)
+    now = utcnow()
+    dataset = a_dataset("ds_bench" + uuid.uuid4().hex[:8], team.id)
+    spec = {
+        "dataset_id": dataset.id,
+        "base_model": "resnet18",
+        "pretrained_weights": "imagenet",
+        "strategy": "linear_probe",
+        "hyperparameters": {"epochs": 5, "batch_size": 32, "image_size": 224, "seed": 0},
+        "export": ["onnx"],
+        "quantization": ["int8"],
+        "validation_split": 0.2,
+    }
+    rows = [
+        {
+            "id": f"job_{i:026d}",
+            "team_id": team.id,
+            "dataset_id": dataset.id,
+            "spec": spec,
+            "status": "queued" if i % 10 else "running",
+            "created_at": now,
+            "metrics": [],
+            "attempt": 0,
+            "cancel_requested": False,
+        }
+        for i in range(JOBS_IN_TEAM)
+    ]
+    model = Model(
+        id="mdl_bench" + uuid.uuid4().hex[:8],
+        team_id=team.id,
+        job_id=None,
+        name="m",
+        source="uploaded",
+        architecture="resnet18",
+        classes=["cat", "dog"],
+        preprocessing={"image_size": 224, "mean": [0.485, 0.456, 0.406]},
+        metrics={},
+        artifacts=[],
+        created_at=now,
+    )
+    with session_scope() as s:
+        s.add(dataset)
+        s.flush()
+        s.execute(insert(Job), rows)
+        s.add(model)
+    return {"key": key, "other_key": other_key, "job": rows[-1]["id"], "model": model.id}
+
+
+def http_part(seconds: int) -> list[list[str]]:
+    with scratch_database("graft_bench_api") as db_url, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = base_env(
+            root, GRAFT_DATABASE_URL=db_url, GRAFT_BROKER_URL="redis://127.0.0.1:6379/13"
+        )
+        ids = seed(env)
+        port, bare_port = free_port(), free_port()
+        graft_cmd = [sys.executable, "-m", "app.cli", "api", "--port", str(port)]
+        with server(graft_cmd, env, port, root / "api.log") as base:
+            body = httpx.get(
+                f"{base}/v1/jobs/{ids['job']}", headers={"Authorization": f"Bearer {ids['key']}"}
+            ).text
+            (root / "bare.py").write_text(BARE_APP)
+            bare_cmd = [sys.executable, "-m", "uvicorn", "--app-dir", tmp, "bare:app"]
+            bare_cmd += ["--port", str(bare_port), "--log-level", "warning"]
+            with server(bare_cmd, {"BENCH_BODY": body}, bare_port, root / "bare.log") as bare:
+                cases = [
+                    ("bare FastAPI, same job JSON", f"{bare}/v1/jobs/{ids['job']}", None),
+                    ("GET /v1/jobs/{id}", f"{base}/v1/jobs/{ids['job']}", ids["key"]),
+                    ("GET /v1/jobs?limit=20 (10,000 jobs)", f"{base}/v1/jobs?limit=20", ids["key"]),
+                    ("GET /v1/models/{id}", f"{base}/v1/models/{ids['model']}", ids["key"]),
+                    ("GET /v1/jobs/{id}, wrong key (401)", f"{base}/v1/jobs/{ids['job']}", "gft_x"),
+                    (
+                        "GET /v1/jobs/{id}, another team's key (404)",
+                        f"{base}/v1/jobs/{ids['job']}",
+                        ids["other_key"],
+                    ),
+                ]
+                table = []
+                for connections in (1, 32):
+                    bare_rps = 0.0
+                    for name, url, key in cases:
+                        r = wrk(url, key, connections, seconds)
+                        bare_rps = bare_rps or r["rps"]
+                        table.append(
+                            [
+                                name,
+                                str(connections),
+                                f"{r['rps']:,.0f}",
+                                f"{r['rps'] / bare_rps:.2f}",
+                                f"{r['p50']:.1f}",
+                                f"{r['p99']:.1f}",
+                            ]
+                        )
+                        print(" | ".join(table[-1]), flush=True)
+        return table
+
+
+def dispatch_part(jobs: int) -> list[list[str]]:
+    table = []
+    with scratch_database("graft_bench_dispatch") as db_url, tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(free_port())
+        redis.start()
+        try:
+            root = Path(tmp) / "redis"
+            env = base_env(root, GRAFT_DATABASE_URL=db_url, GRAFT_BROKER_URL=redis.url)
+            table.append(["PostgreSQL + Redis", *_dispatch_times(env, root, jobs)])
+        finally:
+            redis.stop()
+        root = Path(tmp) / "embedded"
+        env = base_env(root, GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="")
+        table.append(["embedded (SQLite + file-system broker)", *_dispatch_times(env, root, jobs)])
+    return table
+
+
+def _dispatch_times(env: dict[str, str], root: Path, jobs: int) -> list[str]:
+    from app.db.migrate import upgrade
+    from app.repositories.jobs import JobRepository
+
+    env = {**env, "GRAFT_HEARTBEAT_SECONDS": "0.2"}
+    configure(env)
+    upgrade()
+    worker = WorkerProcess(env, root.parent / f"{root.name}-worker.log")
+    try:
+        worker.wait_ready(120)
+        with api_factory(env) as make_api:
+            api = make_api()
+            key = api.new_team()
+            files = {"file": ("d.zip", zip_dataset(digits_images(per_class=8)), "application/zip")}
+            ds = api.as_team(key, "POST", "/v1/datasets", files=files, data={"name": "d"})
+            spec = {
+                "dataset_id": ds.json()["id"],
+                "base_model": "resnet18",
+                "pretrained_weights": "none",
+                "strategy": "full",
+                "hyperparameters": {"epochs": 50, "batch_size": 8, "image_size": 16},
+            }
+            waits = []
+            for _ in range(jobs):
+                job_id = api.as_team(key, "POST", "/v1/jobs", json=spec).json()["id"]
+
+                def running(job_id: str = job_id) -> Any:
+                    job = in_transaction(lambda s: JobRepository(s).get(job_id))
+                    return job if job.started_at else None
+
+                job = wait_for(running, 60, f"{job_id} running", interval=0.01)
+                waits.append((job.started_at - job.created_at).total_seconds())
+                api.as_team(key, "POST", f"/v1/jobs/{job_id}/cancel")
+                wait_for(
+                    lambda job_id=job_id: in_transaction(
+                        lambda s: JobRepository(s).get(job_id).status == "cancelled"
+                    ),
+                    60,
+                    f"{job_id} cancelled",
+                    interval=0.05,
+                )
+    finally:
+        worker.stop()
+    waits.sort()
+    p95 = waits[min(len(waits) - 1, round(0.95 * (len(waits) - 1)))]
+    return [str(len(waits)), f"{statistics.median(waits):.3f}", f"{p95:.3f}", f"{waits[-1]:.3f}"]
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=["all", "http", "dispatch"], default="all")
+    parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
+    parser.add_argument("--jobs", type=int, default=50, help="jobs timed from POST to running")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None and args.part != "dispatch":
+        sys.exit("wrk is not installed: apt-get install wrk")
+    results: dict[str, Any] = {}
+    if args.part in ("all", "http"):
+        results["http"] = http_part(args.seconds)
+    if args.part in ("all", "dispatch"):
+        results["dispatch"] = dispatch_part(args.jobs)
+    print()
+    if "http" in results:
+        header = ["endpoint", "connections", "requests/s", "× bare", "p50 ms", "p99 ms"]
+        print_table(header, results["http"])
+        print()
+    if "dispatch" in results:
+        print_table(["broker", "jobs", "p50 s", "p95 s", "max s"], results["dispatch"])
+    out = REPO / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "api.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

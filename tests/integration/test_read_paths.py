@@ -1,0 +1,123 @@
+"""What the fast read paths must keep: the same JSON, and keys checked on every request.
+
+The GET endpoints read outside a transaction and serialize their answer once; these
+tests pin each answer's shape (field names and JSON types), that it is exactly what the
+response schema makes of the object, and that a revoked key fails on the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from app.db.base import utcnow
+from app.db.models import ApiKey
+from app.db.session import session_scope
+from app.schemas.common import PageOf
+from app.schemas.datasets import DatasetRead
+from app.schemas.jobs import JobRead
+from app.schemas.models import ModelRead
+from tests.conftest import Api, digits_images
+from tests.e2e.helpers import train_job, upload
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+PAGE = {"data": "list", "has_more": "bool", "next_cursor": "null"}
+JOB = {
+    "id": "str",
+    "status": "str",
+    "spec": "dict",
+    "created_at": "str",
+    "started_at": "null",
+    "finished_at": "null",
+    "progress": "null",
+    "metrics": "list",
+    "report": "null",
+    "result": "null",
+    "error": "null",
+    "attempt": "int",
+    "cancel_requested": "bool",
+}
+
+
+@pytest.fixture
+def api(pg_env: dict[str, str], make_api: Callable[[], Api]) -> Api:
+    return make_api()
+
+
+def shape(value: dict[str, Any]) -> dict[str, str]:
+    names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+    return {k: "null" if v is None else names[type(v)] for k, v in value.items()}
+
+
+@pytest.fixture
+def objects(api: Api) -> dict[str, Any]:
+    key = api.new_team()
+    ds = upload(api, key, digits_images(per_class=6))
+    job = train_job(api, key, ds["id"], hyperparameters={"epochs": 1, "image_size": 16})
+    weights = save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
+    model = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("m.safetensors", weights)},
+        data={"architecture": "resnet18", "classes": '["a", "b"]'},
+    ).json()
+    return {"key": key, "dataset": ds, "job": job, "model": model}
+
+
+def test_each_read_answers_the_schema_of_its_object(api: Api, objects: dict[str, Any]) -> None:
+    key = objects["key"]
+    cases = [
+        (f"/v1/jobs/{objects['job']['id']}", JobRead),
+        (f"/v1/models/{objects['model']['id']}", ModelRead),
+        (f"/v1/datasets/{objects['dataset']['id']}", DatasetRead),
+    ]
+    for url, schema in cases:
+        r = api.as_team(key, "GET", url)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        body = r.json()
+        # Exactly what the response schema makes of it: every field, no extra one.
+        assert body == schema.model_validate(body).model_dump(mode="json")
+        assert set(body) == set(schema.model_fields)
+    job = api.as_team(key, "GET", f"/v1/jobs/{objects['job']['id']}").json()
+    assert shape(job) == JOB
+    assert job == objects["job"]  # the same JSON as the POST that created it
+    for url, schema in [
+        ("/v1/jobs", JobRead),
+        ("/v1/models", ModelRead),
+        ("/v1/datasets", DatasetRead),
+    ]:
+        page = api.as_team(key, "GET", url + "?limit=5").json()
+        assert shape(page) == PAGE and len(page["data"]) == 1
+        assert page == PageOf[schema].model_validate(page).model_dump(mode="json")  # type: ignore[valid-type]
+
+
+def test_a_revoked_key_fails_on_the_next_request(api: Api, objects: dict[str, Any]) -> None:
+    key, url = objects["key"], f"/v1/jobs/{objects['job']['id']}"
+    assert api.as_team(key, "GET", url).status_code == 200
+    with session_scope() as s:
+        for row in s.query(ApiKey).filter(ApiKey.prefix == key[:8]):
+            row.revoked_at = utcnow()
+    r = api.as_team(key, "GET", url)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert api.as_team(key, "GET", "/v1/jobs").status_code == 401
+
+
+def test_wrong_keys_and_missing_ids_answer_as_before(api: Api, objects: dict[str, Any]) -> None:
+    url = f"/v1/jobs/{objects['job']['id']}"
+    assert api.as_team("gft_wrong", "GET", url).status_code == 401
+    assert api.client.get(url).status_code == 401
+    missing = api.as_team(objects["key"], "GET", "/v1/jobs/job_missing")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "code": "job_not_found",
+        "message": "No job job_missing in this team.",
+        "param": "job_id",
+    }
+    other = api.new_team("other")
+    assert api.as_team(other, "GET", url).status_code == 404
