@@ -47,6 +47,19 @@ def upload(api: Api, key: str, images: dict[str, Any]) -> dict[str, Any]:
     return dict(r.json())
 
 
+def upload_model(api: Api, key: str, weights: bytes, classes: str) -> dict[str, Any]:
+    """A team's own resnet18 base model, from safetensors bytes and a JSON class list."""
+    r = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("m.safetensors", weights)},
+        data={"architecture": "resnet18", "classes": classes},
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from tests.conftest import (
     digits_images,
     wait_for,
 )
-from tests.e2e.helpers import SIZE, train_job, upload, wait_done
+from tests.e2e.helpers import SIZE, train_job, upload, upload_model, wait_done
 
 pytestmark = pytest.mark.e2e
 
@@ -194,16 +194,9 @@ def test_a_job_starts_from_an_uploaded_safetensors_model(pg_api: Api) -> None:
     torch.manual_seed(123)
     inhouse = torchvision.models.resnet18(num_classes=4)
     weights = save_tensors({k: v.contiguous() for k, v in inhouse.state_dict().items()})
-    r = pg_api.as_team(
-        key,
-        "POST",
-        "/v1/models",
-        files={"file": ("inhouse.safetensors", weights)},
-        data={"architecture": "resnet18", "classes": '["a", "b", "c", "d"]'},
-    )
-    assert r.status_code == 201, r.text
+    model = upload_model(pg_api, key, weights, '["a", "b", "c", "d"]')
     ds = upload(pg_api, key, digits_images((0, 1), per_class=20, size=SIZE))
-    job = train_job(pg_api, key, ds["id"], base_model=r.json()["id"], strategy="linear_probe")
+    job = train_job(pg_api, key, ds["id"], base_model=model["id"], strategy="linear_probe")
     job = wait_done(pg_api, key, job["id"])
     assert job["status"] == "succeeded", job
     raw = pg_api.as_team(

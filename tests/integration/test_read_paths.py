@@ -22,7 +22,7 @@ from app.schemas.datasets import DatasetRead
 from app.schemas.jobs import JobRead
 from app.schemas.models import ModelRead
 from tests.conftest import Api, digits_images
-from tests.e2e.helpers import train_job, upload
+from tests.e2e.helpers import train_job, upload, upload_model
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -60,13 +60,7 @@ def objects(api: Api) -> dict[str, Any]:
     ds = upload(api, key, digits_images(per_class=6))
     job = train_job(api, key, ds["id"], hyperparameters={"epochs": 1, "image_size": 16})
     weights = save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
-    model = api.as_team(
-        key,
-        "POST",
-        "/v1/models",
-        files={"file": ("m.safetensors", weights)},
-        data={"architecture": "resnet18", "classes": '["a", "b"]'},
-    ).json()
+    model = upload_model(api, key, weights, '["a", "b"]')
     return {"key": key, "dataset": ds, "job": job, "model": model}
 
 
