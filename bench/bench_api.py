@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -30,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +52,7 @@ from tests.conftest import (
     wait_for,
     zip_dataset,
 )
-from tests.e2e.helpers import RedisServer, free_port
+from tests.e2e.helpers import RedisServer, free_port, server
 from tests.integration.test_repositories import a_dataset
 
 JOBS_IN_TEAM = 10_000
@@ -71,29 +68,6 @@ BODY = json.loads(os.environ["BENCH_BODY"])
 def get_job(job_id: str) -> JSONResponse:
     return JSONResponse(BODY)
 """
-
-
-@contextmanager
-def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
-    """A uvicorn process; yields its base URL once /healthz or / answers."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(url + "/docs", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        try:
-            wait_for(up, 60, f"{cmd[2]} on port {port}")
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(30)
 
 
 def wrk(url: str, key: str | None, connections: int, seconds: int) -> dict[str, float]:

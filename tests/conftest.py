@@ -272,7 +272,10 @@ def zip_dataset(images: dict[str, list[Image.Image]], top: str | None = None) ->
                 png = io.BytesIO()
                 img.save(png, format="PNG")
                 path = f"{cls}/{i:04d}.png"
-                zf.writestr(f"{top}/{path}" if top else path, png.getvalue())
+                # A fixed timestamp: writestr(name) stamps the current time (2 s steps), so
+                # the same images zipped twice would differ when a step falls between.
+                entry = zipfile.ZipInfo(f"{top}/{path}" if top else path, (2020, 1, 1, 0, 0, 0))
+                zf.writestr(entry, png.getvalue())
     return buf.getvalue()
 
 

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -126,11 +128,30 @@ async def list_events(
     )
 
 
-def _sse(job_id: str, after_id: int) -> Iterator[str]:
+async def _sse(
+    job_id: str, after_id: int, poll_seconds: float = 0.5, keepalive_seconds: float = 15.0
+) -> AsyncIterator[str]:
+    """Events as they are written, until the job has ended and all were sent.
+
+    A follower holds no thread while it waits: each poll is one short read in the
+    thread pool, and the wait between polls is an asyncio sleep, so hundreds of
+    followers cost the API one query per follower every poll_seconds, not a thread.
+    A comment goes out after keepalive_seconds of silence, so proxies keep the line.
+    """
     yield "retry: 2000\n\n"
-    for event in service.follow_events(job_id, after_id=after_id):
-        if event is None:
-            yield ": keepalive\n\n"
+    last, quiet = after_id, 0.0
+    while True:
+        events, ended = await run_in_threadpool(service.poll_events, job_id, after_id=last)
+        for event in events:
+            data = JobEventRead.model_validate(event).model_dump_json()
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+        if events:
+            last, quiet = events[-1].id, 0.0
             continue
-        data = JobEventRead.model_validate(event).model_dump_json()
-        yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+        if ended:
+            return
+        await asyncio.sleep(poll_seconds)
+        quiet += poll_seconds
+        if quiet >= keepalive_seconds:
+            quiet = 0.0
+            yield ": keepalive\n\n"

@@ -5,15 +5,12 @@ What happens to a job after it was created lives in app/services/job_runs.py.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 from sqlalchemy.orm import Session
 
 from app.architectures import ARCHITECTURES, Architecture
 from app.db.base import utcnow
 from app.db.models import Dataset, Job, JobEvent, Model, Team
-from app.db.session import session_scope
+from app.db.session import read_scope
 from app.errors import InvalidInput, NotFound
 from app.ids import new_id
 from app.repositories.base import Page
@@ -210,31 +207,15 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     return job_runs.cancel(session, get_job(session, team, job_id))
 
 
-def follow_events(
-    job_id: str, *, after_id: int, poll_seconds: float = 0.5, keepalive_seconds: float = 15.0
-) -> Iterator[JobEvent | None]:
-    """Events as they are written, until the job has ended and all were sent.
-
-    Yields None when nothing happened for keepalive_seconds (the caller sends a comment
-    so proxies keep the connection). Each poll is its own short transaction.
-    """
-    last, quiet = after_id, 0.0
-    while True:
-        with session_scope() as session:
-            repo = JobRepository(session)
-            events = repo.events(job_id, after_id=last)
-            job = repo.get(job_id)
-        yield from events
-        if events:
-            last, quiet = events[-1].id, 0.0
-        elif job is None or job.status in TERMINAL_STATUSES:
-            return
-        else:
-            quiet += poll_seconds
-            if quiet >= keepalive_seconds:
-                quiet = 0.0
-                yield None
-        time.sleep(poll_seconds if not events else 0)
+def poll_events(job_id: str, *, after_id: int) -> tuple[list[JobEvent], bool]:
+    """One short read for an event stream: the job's events after `after_id`, and
+    whether the job had ended before they were read (then no event can follow them)."""
+    with read_scope() as session:
+        repo = JobRepository(session)
+        job = repo.get(job_id)
+        ended = job is None or job.status in TERMINAL_STATUSES
+        # Read after the status: the events that came with the end are then included.
+        return repo.events(job_id, after_id=after_id), ended
 
 
 def list_events(session: Session, team: Team, job_id: str, *, after_id: int = 0) -> list[JobEvent]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from tests.conftest import Api, wait_for, zip_dataset
+import httpx
+
+from tests.conftest import REPO, Api, wait_for, zip_dataset
 
 SIZE = 16
 
@@ -109,3 +115,26 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+@contextmanager
+def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """A uvicorn process (`cmd`); yields its base URL once its /docs answers."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/docs", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_for(up, 60, f"{cmd[2]} on port {port}")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(30)
