@@ -50,13 +50,6 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 TokenDep = Annotated[str | None, Depends(bearer_token)]
 
 
-def current_team(token: TokenDep) -> Team:
-    # Looked up on every request (no cache), so a revoked key stops working at once on
-    # every API process.
-    with read_scope() as session:
-        return authenticate(session, token)
-
-
 T = TypeVar("T")
 
 
@@ -68,15 +61,22 @@ class TeamReader:
         self.token = token
 
     async def __call__(self, read: Callable[[Session, Team], T]) -> T:
-        return await run_in_threadpool(self._read, read)
+        return await run_in_threadpool(self.run, read)
 
-    def _read(self, read: Callable[[Session, Team], T]) -> T:
+    def run(self, read: Callable[[Session, Team], T]) -> T:
+        # The key is looked up on every request (no cache), so a revoked key stops
+        # working at once on every API process.
         with read_scope() as session:
             return read(session, authenticate(session, self.token))
 
 
 async def team_reader(token: TokenDep) -> TeamReader:
     return TeamReader(token)
+
+
+def current_team(token: TokenDep) -> Team:
+    """The caller's team, for endpoints that write (in a transaction of their own)."""
+    return TeamReader(token).run(lambda session, team: team)
 
 
 async def admin(settings: SettingsDep, token: TokenDep) -> None:
