@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     min_image_side: int = 8
     max_image_bytes: int = 32 * 1024**2
 
+    # Quotas per team: these defaults, unless the admin set the team's own
+    # (PATCH /v1/teams/{id}). upload_bytes defaults to max_upload_bytes and cannot exceed it.
+    quota_running_jobs: int = Field(2, ge=0)
+    quota_queued_jobs: int = Field(50, ge=0)
+    quota_stored_bytes: int = Field(50 * 1024**3, ge=0)
+    quota_datasets: int = Field(200, ge=0)
+    # A team's rotated webhook secret keeps signing (beside the new one) this long.
+    webhook_secret_grace_seconds: float = 24 * 3600
+
     lease_seconds: float = 60.0
     # How often a running job writes its progress (every epoch's end is written too).
     progress_interval_seconds: float = 1.0
@@ -52,9 +61,31 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 8
     # Retry n waits webhook_backoff_seconds x 2^(n-1), at most 10 minutes.
     webhook_backoff_seconds: float = 2.0
+    # Let webhooks reach loopback, private, link-local and other non-public addresses
+    # (receivers inside your network); off, they are refused (app/webhook_targets.py).
+    webhook_allow_private: bool = False
 
     max_predict_images: int = 32
     max_predict_image_bytes: int = 20 * 1024**2
+
+    # Request bounds (app/body_limits.py): a body that is not a multipart upload may
+    # be this large at most; multipart uploads are bounded by max_upload_bytes.
+    max_json_body_bytes: int = 1024**2
+    # `GET /metrics` answers `Authorization: Bearer <this or the admin key>` only.
+    metrics_token: SecretStr | None = None
+
+    # Rate limits (app/rate_limits.py): a token bucket per API key (a burst of
+    # rate_limit_burst, refilled at rate_limit_per_key a minute), and failed
+    # authentications per client address. Storage: rate_limit_storage_url (redis://…,
+    # or memory:// for in process); "" = the broker's Redis when the broker is Redis,
+    # else in process.
+    rate_limits_enabled: bool = True
+    rate_limit_per_key: int = Field(1200, ge=1, description="Requests per minute per API key")
+    rate_limit_burst: int = Field(200, ge=1, description="Requests a key may send at once")
+    rate_limit_failed_auth: int = Field(
+        20, ge=1, description="Failed authentications per minute per client address"
+    )
+    rate_limit_storage_url: str = ""
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -80,3 +80,14 @@ class InvalidInput(AppError):
 
     status_code = 422
     code = "invalid_input"
+
+
+class RateLimited(AppError):
+    """Over a rate limit (429); the handler sends `retry_after` as the Retry-After header."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = max(1, int(retry_after))

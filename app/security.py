@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-KEY_PREFIX = "gft_"
+KEY_PREFIX = "graft_"
 
 
 def generate_key() -> str:

@@ -89,6 +89,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifacts_size(artifacts: list[dict[str, Any]]) -> int:
+    """The bytes a model's artifact entries take on disk."""
+    return sum(int(a.get("size_bytes", 0)) for a in artifacts)
+
+
 def describe_file(path: Path, fmt: str) -> dict[str, Any]:
     """The artifact entry stored on a model row."""
     return {

@@ -168,7 +168,11 @@ def http_part(seconds: int) -> list[list[str]]:
                     ("GET /v1/jobs/{id}", f"{base}/v1/jobs/{ids['job']}", ids["key"]),
                     ("GET /v1/jobs?limit=20 (10,000 jobs)", f"{base}/v1/jobs?limit=20", ids["key"]),
                     ("GET /v1/models/{id}", f"{base}/v1/models/{ids['model']}", ids["key"]),
-                    ("GET /v1/jobs/{id}, wrong key (401)", f"{base}/v1/jobs/{ids['job']}", "gft_x"),
+                    (
+                        "GET /v1/jobs/{id}, wrong key (401)",
+                        f"{base}/v1/jobs/{ids['job']}",
+                        "graft_x",
+                    ),
                     (
                         "GET /v1/jobs/{id}, another team's key (404)",
                         f"{base}/v1/jobs/{ids['job']}",

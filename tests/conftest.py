@@ -53,10 +53,14 @@ def configure(env: dict[str, str]) -> None:
     """Point the app's settings (and everything cached from them) at `env`."""
     from app.config import get_settings
     from app.queue import _client
+    from app.rate_limits import reset_rate_limits
 
     os.environ.update(env)
     get_settings.cache_clear()
     _client.cache_clear()
+    # Buckets of their own (Redis keys under a fresh namespace): no test inherits
+    # another's spent budget.
+    reset_rate_limits(namespace=uuid.uuid4().hex[:8])
 
 
 BASE_ENV_KEYS = (
@@ -68,6 +72,16 @@ BASE_ENV_KEYS = (
     "GRAFT_INGEST_QUEUE",
     "GRAFT_WEBHOOK_BACKOFF_SECONDS",
     "GRAFT_WEBHOOK_TIMEOUT_SECONDS",
+    "GRAFT_WEBHOOK_ALLOW_PRIVATE",
+    "GRAFT_RATE_LIMIT_PER_KEY",
+    "GRAFT_RATE_LIMIT_BURST",
+    "GRAFT_RATE_LIMIT_FAILED_AUTH",
+    "GRAFT_QUOTA_RUNNING_JOBS",
+    "GRAFT_QUOTA_QUEUED_JOBS",
+    "GRAFT_QUOTA_STORED_BYTES",
+    "GRAFT_QUOTA_DATASETS",
+    "GRAFT_MAX_JSON_BODY_BYTES",
+    "GRAFT_METRICS_TOKEN",
     "GRAFT_HEARTBEAT_SECONDS",
     "GRAFT_PROGRESS_INTERVAL_SECONDS",
     "GRAFT_LEASE_SECONDS",
@@ -182,6 +196,12 @@ def base_env(root: Path, **extra: str) -> dict[str, str]:
         "GRAFT_PROGRESS_INTERVAL_SECONDS": "0.2",
         "GRAFT_LEASE_SECONDS": "30",
         "GRAFT_ALLOW_WEIGHT_DOWNLOAD": "false",
+        "GRAFT_WEBHOOK_ALLOW_PRIVATE": "true",  # local receivers; tests of the default unset it
+        # Generous limits, so only the tests of limits and quotas meet them.
+        "GRAFT_RATE_LIMIT_PER_KEY": "100000",
+        "GRAFT_RATE_LIMIT_BURST": "100000",
+        "GRAFT_RATE_LIMIT_FAILED_AUTH": "100000",
+        "GRAFT_QUOTA_RUNNING_JOBS": "100",
         "GRAFT_MODEL_CACHE": str(root / "weights"),
         **extra,
     }

@@ -57,6 +57,7 @@ def run_job(job_id: str, settings: Settings | None = None, fit: Fit = engine.fit
         worker_identity(),
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
+        running_jobs_quota=settings.quota_running_jobs,
     )
     if job is None:
         return "not_claimed"

@@ -11,9 +11,11 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 import httpx
 
+from app import webhook_targets
 from app.config import Settings, get_settings
 from app.db.session import in_transaction
 from app.services import webhooks
@@ -36,18 +38,31 @@ def _attempt(settings: Settings, client: httpx.Client, delivery: webhooks.Outgoi
         "Content-Type": "application/json",
         "User-Agent": "Graft-Webhooks/1",
         "Graft-Event": delivery.event_type,
-        "Graft-Delivery": str(delivery.id),
-        "Graft-Signature": webhooks.sign(delivery.secret, int(time.time()), body),
+        # The event's id (per job), the same on every retry: receivers dedupe by it.
+        "Graft-Delivery": str(delivery.payload.get("id", "")),
+        "Graft-Signature": webhooks.sign(delivery.secrets, int(time.time()), body),
     }
     status: int | None = None
     error: str | None = None
+    final = False
     try:
-        response = client.post(delivery.url, content=body, headers=headers)
+        target = webhook_targets.resolve_for_send(
+            delivery.url, allow_private=settings.webhook_allow_private
+        )
+        url, pinning, extensions = _pinned(delivery.url, target)
+        response = client.post(
+            url, content=body, headers={**headers, **pinning}, extensions=extensions
+        )
         status = response.status_code
         if not 200 <= status < 300:
             error = f"HTTP {status}"
+    except webhook_targets.RefusedTarget as exc:
+        # Nothing was sent: the team's event says why, never what the address answers.
+        error, final = f"refused: {exc.reason}", True
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:500]
+    except OSError as exc:  # the name did not resolve (this may change: retried)
+        error = f"DNS lookup failed: {exc}"[:500]
     outcome = in_transaction(
         webhooks.record_attempt,
         delivery.id,
@@ -55,9 +70,32 @@ def _attempt(settings: Settings, client: httpx.Client, delivery: webhooks.Outgoi
         error,
         max_attempts=settings.webhook_max_attempts,
         backoff_seconds=settings.webhook_backoff_seconds,
+        final=final,
     )
     if error:
         log.info("webhook %s: %s (%s)", delivery.id, error, outcome)
+
+
+def _pinned(
+    url: str, target: webhook_targets.Target
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The request's URL, extra headers and extensions: to the address that was checked,
+    never to the name again, so a second DNS answer (rebinding) cannot differ. The Host
+    header and, for https, the TLS server name (SNI, also the name the certificate is
+    verified against) stay the URL's host. Allowed private (no address checked): as is."""
+    parsed = httpx.URL(url)
+    if target.address is None:
+        return parsed, {}, {}
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default_port = webhook_targets.SCHEMES[target.scheme]
+    headers = {"Host": host if target.port == default_port else f"{host}:{target.port}"}
+    extensions: dict[str, Any] = {}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
+        # The pool keys connections by address alone: never reuse one whose certificate
+        # was verified for another name on the same address.
+        headers["Connection"] = "close"
+    return parsed.copy_with(host=target.address, port=target.port), headers, extensions
 
 
 def _deliver_loop(stop: threading.Event, interval: float) -> None:

@@ -17,9 +17,17 @@ from app.api.deps import (
 from app.api.responses import as_json
 from app.api.uploads import multipart_body, stream_form
 from app.db.models import Team
-from app.schemas.common import ERROR_RESPONSES, PageOf, page_of
+from app.schemas.common import (
+    ERROR_RESPONSES,
+    NAME_MAX_LENGTH,
+    ObjectId,
+    PageOf,
+    clean_name,
+    page_of,
+)
 from app.schemas.datasets import DatasetForm, DatasetRead
 from app.services import datasets as service
+from app.services import quotas
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 
@@ -31,7 +39,12 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RES
     responses={200: {"model": DatasetRead, "description": "The same archive was uploaded before"}},
     openapi_extra=multipart_body(
         "A zip, tar.gz or tar of class folders",
-        name={"type": "string", "maxLength": 200, "examples": ["pets-v1"]},
+        name={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX_LENGTH,
+            "examples": ["pets-v1"],
+        },
         kind={"type": "string", "enum": ["labeled", "unlabeled"], "default": "labeled"},
     ),
 )
@@ -47,7 +60,7 @@ async def create_dataset(
     """Upload an image dataset (multipart: `file`, optional `name` and `kind`). The file
     streams into the store; small archives are ingested before the answer, large ones
     answer at once with status `processing`."""
-    form = await stream_form(request, storage, settings.max_upload_bytes, DatasetForm)
+    form = await stream_form(request, storage, quotas.upload_limit(settings, team), DatasetForm)
     fields, upload = form.fields, form.upload
     dataset, created = await run_in_threadpool(
         service.create_dataset_idempotent,
@@ -55,7 +68,7 @@ async def create_dataset(
         storage,
         settings,
         team,
-        name=fields.name or form.filename or "dataset",
+        name=fields.name or clean_name(form.filename, "dataset"),
         kind=fields.kind,
         upload=upload,
         idempotency_key=idempotency_key,
@@ -75,7 +88,7 @@ async def list_datasets(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = No
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)
-async def get_dataset(dataset_id: str, read: ReadAsTeam) -> Response:
+async def get_dataset(dataset_id: ObjectId, read: ReadAsTeam) -> Response:
     def answer(session: Session, team: Team) -> Response:
         return as_json(DatasetRead.model_validate(service.get_dataset(session, team, dataset_id)))
 
@@ -84,7 +97,7 @@ async def get_dataset(dataset_id: str, read: ReadAsTeam) -> Response:
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(
-    dataset_id: str, session: SessionDep, storage: StorageDep, team: CurrentTeam
+    dataset_id: ObjectId, session: SessionDep, storage: StorageDep, team: CurrentTeam
 ) -> Response:
     """Delete a dataset and its files (409 while a queued or running job uses it)."""
     service.delete_dataset(session, storage, team, dataset_id)

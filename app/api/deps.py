@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -37,17 +37,26 @@ async def get_storage(settings: Annotated[Settings, Depends(settings)]) -> Stora
     return Storage(settings.resolved_data_dir)
 
 
-async def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+async def bearer_token(
+    authorization: Annotated[str | None, Header(max_length=500)] = None,
+) -> str | None:
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+async def client_address(request: Request) -> str:
+    """The peer's address (behind a proxy, run uvicorn with --proxy-headers and
+    --forwarded-allow-ips so this is the client's, not the proxy's)."""
+    return request.client.host if request.client else "unknown"
+
+
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 TokenDep = Annotated[str | None, Depends(bearer_token)]
+AddressDep = Annotated[str, Depends(client_address)]
 
 
 T = TypeVar("T")
@@ -57,8 +66,10 @@ class TeamReader:
     """Runs a read as the caller's team: the key lookup and the read in one session
     outside any transaction (reads see committed rows only), in one thread-pool hop."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, address: str, scope: str = "read") -> None:
         self.token = token
+        self.address = address
+        self.scope = scope
 
     async def __call__(self, read: Callable[[Session, Team], T]) -> T:
         return await run_in_threadpool(self.run, read)
@@ -67,28 +78,42 @@ class TeamReader:
         # The key is looked up on every request (no cache), so a revoked key stops
         # working at once on every API process.
         with read_scope() as session:
-            return read(session, authenticate(session, self.token))
+            team = authenticate(session, self.token, scope=self.scope, address=self.address)
+            return read(session, team)
 
 
-async def team_reader(token: TokenDep) -> TeamReader:
-    return TeamReader(token)
+async def team_reader(token: TokenDep, address: AddressDep) -> TeamReader:
+    return TeamReader(token, address)
 
 
-def current_team(token: TokenDep) -> Team:
-    """The caller's team, for endpoints that write (in a transaction of their own)."""
-    return TeamReader(token).run(lambda session, team: team)
+def current_team(token: TokenDep, address: AddressDep) -> Team:
+    """The caller's team, for endpoints that write (in a transaction of their own):
+    the key needs the `write` scope."""
+    return TeamReader(token, address, "write").run(lambda session, team: team)
 
 
-async def admin(settings: SettingsDep, token: TokenDep) -> None:
-    require_admin(settings, token)
+def reading_team(token: TokenDep, address: AddressDep) -> Team:
+    """The caller's team, for a POST that only reads (predict): `read` scope is enough."""
+    return TeamReader(token, address).run(lambda session, team: team)
+
+
+async def admin(settings: SettingsDep, token: TokenDep, address: AddressDep) -> None:
+    require_admin(settings, token, address)
 
 
 CurrentTeam = Annotated[Team, Depends(current_team)]
+ReadingTeam = Annotated[Team, Depends(reading_team)]
 ReadAsTeam = Annotated[TeamReader, Depends(team_reader)]
 AdminDep = Annotated[None, Depends(admin)]
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", description="Retry-safe creation: same key, same object"),
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Retry-safe creation: same key, same object",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
-Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
+Cursor = Annotated[
+    str | None, Query(max_length=64, description="`next_cursor` of the previous page")
+]

@@ -1,14 +1,28 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from typing import Literal
 
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from app.api.deps import AddressDep, SettingsDep, TokenDep
+from app.config import Settings
 from app.db.session import session_scope
+from app.errors import Forbidden, Unauthorized
 from app.queue import broker_reachable
+from app.rate_limits import get_rate_limits
 from app.repositories.health import ping
+from app.schemas.common import ERROR_RESPONSES, ErrorBody
+from app.security import constant_time_equal
 
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(examples=[{"database": "ok", "broker": "ok"}])
 
 
 @router.get("/healthz")
@@ -17,7 +31,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency cannot be reached"}},
+)
 def readyz() -> JSONResponse:
     """The database and the broker can be reached (503 otherwise, saying which)."""
     checks: dict[str, str] = {}
@@ -35,7 +53,49 @@ def readyz() -> JSONResponse:
     )
 
 
-@router.get("/metrics")
-def metrics() -> Response:
-    """Prometheus metrics."""
+def require_metrics_token(settings: Settings, token: str | None, address: str) -> None:
+    """The bearer token must be GRAFT_METRICS_TOKEN or the admin key (403 if neither
+    is set: metrics are then off). Wrong tokens count as failed authentications of the
+    address, like wrong API keys (app/rate_limits.py)."""
+    accepted = [
+        secret.get_secret_value()
+        for secret in (settings.metrics_token, settings.admin_key)
+        if secret is not None and secret.get_secret_value()
+    ]
+    if not accepted:
+        raise Forbidden("Metrics are disabled: set GRAFT_METRICS_TOKEN.", code="metrics_disabled")
+    if not token:
+        raise Unauthorized(
+            "Missing metrics token: send `Authorization: Bearer <GRAFT_METRICS_TOKEN>` "
+            "(or the admin key)."
+        )
+    limiter = get_rate_limits()
+    limiter.check_failed_auth(address)
+    # Every secret is compared, so the time taken does not tell which one matched.
+    matches = [constant_time_equal(token, secret) for secret in accepted]
+    if not any(matches):
+        limiter.record_failed_auth(address)
+        raise Unauthorized(
+            "Wrong metrics token: send GRAFT_METRICS_TOKEN (or the admin key) as the bearer token."
+        )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus metrics, in its text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        401: {"model": ErrorBody, "description": "Missing or wrong metrics token"},
+        403: {"model": ErrorBody, "description": "Metrics are disabled (no token is set)"},
+        429: ERROR_RESPONSES[429],
+    },
+)
+def metrics(settings: SettingsDep, token: TokenDep, address: AddressDep) -> Response:
+    """Prometheus metrics, for a scraper holding a token: `Authorization: Bearer <token>`,
+    where the token is GRAFT_METRICS_TOKEN or the admin key (GRAFT_ADMIN_KEY). Without a
+    token: 401; with neither setting set, metrics are off: 403."""
+    require_metrics_token(settings, token, address)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -16,12 +16,16 @@ from app.api.deps import (
     Limit,
     ReadAsTeam,
     SessionDep,
+    StorageDep,
 )
 from app.api.responses import as_json
 from app.db.models import Job, Team
-from app.schemas.common import ERROR_RESPONSES, PageOf
+from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
 from app.services import jobs as service
+
+# Event ids are 32-bit integers in the database; a larger `after` can match nothing.
+MAX_EVENT_ID = 2**31 - 1
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -85,16 +89,26 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-async def get_job(job_id: str, read: ReadAsTeam) -> Response:
+async def get_job(job_id: ObjectId, read: ReadAsTeam) -> Response:
     return await read(
         lambda session, team: as_json(to_read(service.get_job(session, team, job_id)))
     )
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
+def cancel_job(job_id: ObjectId, session: SessionDep, team: CurrentTeam) -> JobRead:
     """Cancel a job: a queued one never starts, a running one stops at its next step."""
     return to_read(service.cancel_job(session, team, job_id))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(
+    job_id: ObjectId, session: SessionDep, storage: StorageDep, team: CurrentTeam
+) -> Response:
+    """Delete a finished job with its events and files (409 while it is queued or
+    running). The model it produced is not deleted."""
+    service.delete_job(session, storage, team, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(
@@ -103,19 +117,23 @@ def cancel_job(job_id: str, session: SessionDep, team: CurrentTeam) -> JobRead:
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def list_events(
-    job_id: str,
+    job_id: ObjectId,
     read: ReadAsTeam,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0,
-    accept: Annotated[str, Header()] = "application/json",
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id")
+    ] = 0,
+    accept: Annotated[str, Header(max_length=1000)] = "application/json",
+    last_event_id: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_EVENT_ID)
+    ] = None,
 ) -> Any:
-    """What happened to a job, oldest first. With `Accept: text/event-stream`, a live
-    Server-Sent Events stream that ends after the job's final event; reconnect with
-    `Last-Event-ID` to resume."""
+    """What happened to a job, oldest first; event ids count 1, 2, 3… within the job.
+    With `Accept: text/event-stream`, a live Server-Sent Events stream that ends after
+    the job's final event; reconnect with `Last-Event-ID` to resume."""
     if "text/event-stream" not in accept:
 
         def events(session: Session, team: Team) -> list[JobEventRead]:
-            found = service.list_events(session, team, job_id, after_id=after)
+            found = service.list_events(session, team, job_id, after_seq=after)
             return [JobEventRead.model_validate(e) for e in found]
 
         return await read(events)
@@ -129,7 +147,7 @@ async def list_events(
 
 
 async def _sse(
-    job_id: str, after_id: int, poll_seconds: float = 0.5, keepalive_seconds: float = 15.0
+    job_id: str, after_seq: int, poll_seconds: float = 0.5, keepalive_seconds: float = 15.0
 ) -> AsyncIterator[str]:
     """Events as they are written, until the job has ended and all were sent.
 
@@ -139,14 +157,14 @@ async def _sse(
     A comment goes out after keepalive_seconds of silence, so proxies keep the line.
     """
     yield "retry: 2000\n\n"
-    last, quiet = after_id, 0.0
+    last, quiet = after_seq, 0.0
     while True:
-        events, ended = await run_in_threadpool(service.poll_events, job_id, after_id=last)
+        events, ended = await run_in_threadpool(service.poll_events, job_id, after_seq=last)
         for event in events:
             data = JobEventRead.model_validate(event).model_dump_json()
-            yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+            yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
         if events:
-            last, quiet = events[-1].id, 0.0
+            last, quiet = events[-1].seq, 0.0
             continue
         if ended:
             return

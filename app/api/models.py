@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -13,18 +12,27 @@ from app.api.deps import (
     Cursor,
     Limit,
     ReadAsTeam,
+    ReadingTeam,
     SessionDep,
     SettingsDep,
     StorageDep,
 )
 from app.api.responses import as_json
-from app.api.uploads import multipart_body, stream_form
+from app.api.uploads import multipart_body, read_files_form, stream_form
 from app.db.models import Team
 from app.errors import InvalidInput
-from app.schemas.common import ERROR_RESPONSES, PageOf, page_of
-from app.schemas.models import ModelForm, ModelRead, PredictResponse
+from app.schemas.common import (
+    ERROR_RESPONSES,
+    NAME_MAX_LENGTH,
+    ObjectId,
+    PageOf,
+    clean_name,
+    page_of,
+    unprintable_problem,
+)
+from app.schemas.models import MAX_CLASSES, ModelForm, ModelRead, PredictForm, PredictResponse
 from app.services import models as service
-from app.services import predictions
+from app.services import predictions, quotas
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -42,7 +50,7 @@ async def list_models(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = None
 
 
 @router.get("/{model_id}", response_model=ModelRead)
-async def get_model(model_id: str, read: ReadAsTeam) -> Response:
+async def get_model(model_id: ObjectId, read: ReadAsTeam) -> Response:
     def answer(session: Session, team: Team) -> Response:
         return as_json(ModelRead.model_validate(service.get_model(session, team, model_id)))
 
@@ -51,7 +59,7 @@ async def get_model(model_id: str, read: ReadAsTeam) -> Response:
 
 @router.get("/{model_id}/artifacts/{format}", response_class=FileResponse)
 async def download_artifact(
-    model_id: str, format: str, read: ReadAsTeam, storage: StorageDep
+    model_id: ObjectId, format: ObjectId, read: ReadAsTeam, storage: StorageDep
 ) -> FileResponse:
     """Download one artifact: `safetensors`, `metadata`, `onnx`, `onnx-int8`, `onnx-fp16`,
     `bundle`. The sha256 of each is in the model object."""
@@ -74,9 +82,14 @@ async def download_artifact(
     response_model=ModelRead,
     openapi_extra=multipart_body(
         "Weights as a .safetensors file (pickle checkpoints are refused)",
-        architecture={"type": "string", "examples": ["resnet18"]},
-        classes={"type": "string", "description": "JSON list of class names, in output order"},
-        name={"type": "string", "maxLength": 200},
+        architecture={"type": "string", "maxLength": 64, "examples": ["resnet18"]},
+        classes={
+            "type": "string",
+            "description": f"JSON list of class names, in output order: at most {MAX_CLASSES} "
+            f"distinct names of 1-{NAME_MAX_LENGTH} printable characters",
+            "examples": ['["cat", "dog"]'],
+        },
+        name={"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
         image_size={"type": "integer", "minimum": 16, "maximum": 1024},
     ),
 )
@@ -88,7 +101,7 @@ async def upload_model(
     team: CurrentTeam,
 ) -> ModelRead:
     """Upload a team's own base model, to start jobs from (`base_model: "mdl_…"`)."""
-    form = await stream_form(request, storage, settings.max_upload_bytes, ModelForm)
+    form = await stream_form(request, storage, quotas.upload_limit(settings, team), ModelForm)
     fields, upload = form.fields, form.upload
     try:
         class_list = _parse_classes(fields.classes)
@@ -100,7 +113,7 @@ async def upload_model(
         session,
         storage,
         team,
-        name=fields.name or form.filename or "uploaded model",
+        name=fields.name or clean_name(form.filename, "uploaded model"),
         architecture=fields.architecture,
         classes=class_list,
         image_size=fields.image_size,
@@ -109,28 +122,64 @@ async def upload_model(
     return ModelRead.model_validate(model)
 
 
-@router.post("/{model_id}/predict", response_model=PredictResponse)
-def predict(
-    model_id: str,
+@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(
+    model_id: ObjectId, session: SessionDep, storage: StorageDep, team: CurrentTeam
+) -> Response:
+    """Delete a model and its files (409 while a queued or running job continues from
+    it). Its job stays, with a result.model_id that then answers 404."""
+    service.delete_model(session, storage, team, model_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{model_id}/predict",
+    response_model=PredictResponse,
+    openapi_extra=multipart_body(
+        "Images (JPEG, PNG, WebP, BMP, GIF): at most GRAFT_MAX_PREDICT_IMAGES (32) of at most "
+        "GRAFT_MAX_PREDICT_IMAGE_BYTES (20 MiB) and GRAFT_MAX_IMAGE_PIXELS (40 million) each",
+        file_field="files",
+        many=True,
+        artifact={
+            "type": "string",
+            "maxLength": 64,
+            "description": "An ONNX variant; default the recommended one",
+        },
+        top_k={"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+    ),
+)
+async def predict(
+    model_id: ObjectId,
+    request: Request,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-    team: CurrentTeam,
-    files: Annotated[list[UploadFile], File(description="One or more images")],
-    artifact: Annotated[
-        str | None, Form(description="An ONNX variant; default the recommended one")
-    ] = None,
-    top_k: Annotated[int, Form(ge=1, le=100)] = 5,
+    team: ReadingTeam,
 ) -> PredictResponse:
     """Classify images with one of the model's ONNX variants, preprocessed exactly as in
-    training. An image that cannot be decoded gets its own error; the others are answered."""
-    model = service.get_model(session, team, model_id)
-    images = [
-        (f.filename or f"image-{i}", f.file.read(settings.max_predict_image_bytes + 1))
-        for i, f in enumerate(files)
-    ]
-    answer = predictions.predict(
-        storage, settings, model, artifact=artifact, top_k=top_k, images=images
+    training. An image over a limit or that cannot be decoded gets its own error in
+    `results` (`invalid_image`, `image_too_large`, `too_many_pixels`; sizes are read from
+    the header, before decoding); the others are answered."""
+    # The key and the model first: the body is read only for a caller who may predict.
+    model = await run_in_threadpool(service.get_model, session, team, model_id)
+    form = await read_files_form(
+        request, PredictForm, file_field="files", max_files=settings.max_predict_images
+    )
+    try:
+        images = [
+            (f.filename or f"image-{i}", await f.read(settings.max_predict_image_bytes + 1))
+            for i, f in enumerate(form.files)
+        ]
+    finally:
+        await form.close()
+    answer = await run_in_threadpool(
+        predictions.predict,
+        storage,
+        settings,
+        model,
+        artifact=form.fields.artifact,
+        top_k=form.fields.top_k,
+        images=images,
     )
     return PredictResponse.model_validate(answer)
 
@@ -150,4 +199,15 @@ def _parse_classes(raw: str) -> list[str]:
             'classes must be a JSON list of distinct, non-empty names, e.g. ["cat", "dog"].',
             param="classes",
         )
+    if len(value) > MAX_CLASSES:
+        raise InvalidInput(
+            f"classes lists {len(value)} names; a model may have at most {MAX_CLASSES}.",
+            param="classes",
+        )
+    for name in value:
+        problem = unprintable_problem(name)
+        if len(name) > NAME_MAX_LENGTH:
+            problem = f"is longer than {NAME_MAX_LENGTH} characters"
+        if problem is not None:
+            raise InvalidInput(f"`classes`: class {name!r} {problem}.", param="classes")
     return value

@@ -18,24 +18,36 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.body_limits import FRAMING_ALLOWANCE, declared_length
 from app.errors import InvalidInput
 from app.ids import new_id
 from app.services.datasets import Upload, upload_too_large
 from app.storage import Storage
 
+# The most bytes of one form field, and of one part's headers.
 MAX_FIELD_BYTES = 64 * 1024
-# Room for the multipart framing and the small form fields around the file.
-FRAMING_ALLOWANCE = 1024 * 1024
 
 
-def multipart_body(file_description: str, **fields: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI request body of a streamed upload endpoint."""
-    properties: dict[str, Any] = {
-        "file": {"type": "string", "format": "binary", "description": file_description},
-        **fields,
-    }
-    schema = {"type": "object", "required": ["file"], "properties": properties}
+def multipart_body(
+    file_description: str,
+    *,
+    file_field: str = "file",
+    many: bool = False,
+    **fields: dict[str, Any],
+) -> dict[str, Any]:
+    """The OpenAPI request body of an upload endpoint: one file, or (`many`) several.
+    (A multipart body here also tells app/body_limits.py that the route takes uploads.)"""
+    binary = {"type": "string", "format": "binary"}
+    file_schema: dict[str, Any] = (
+        {"type": "array", "items": binary, "minItems": 1, "description": file_description}
+        if many
+        else {**binary, "description": file_description}
+    )
+    properties: dict[str, Any] = {file_field: file_schema, **fields}
+    schema = {"type": "object", "required": [file_field], "properties": properties}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     }
@@ -91,7 +103,13 @@ class _Collector:
         }
 
     def _add(self, attr: str, data: bytes) -> None:
-        setattr(self.part, attr, getattr(self.part, attr) + data)
+        value = getattr(self.part, attr) + data
+        if len(value) > MAX_FIELD_BYTES:
+            raise InvalidInput(
+                f"A part header of the form is longer than {MAX_FIELD_BYTES} bytes.",
+                param=self.file_field,
+            )
+        setattr(self.part, attr, value)
 
     def part_begin(self) -> None:
         self.part = _Part()
@@ -139,7 +157,13 @@ class _Collector:
             self.out.close()
             self.upload = Upload(self.path, self.size, self.digest.hexdigest())
         elif self.part.filename is None and self.part.name:
-            self.fields[self.part.name] = self.part.buffer.decode("utf-8", "replace")
+            try:
+                self.fields[self.part.name] = self.part.buffer.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"Form field `{self.part.name}` is not valid UTF-8 text.",
+                    param=self.part.name,
+                ) from None
 
     def discard(self) -> None:
         if self.out is not None:
@@ -152,14 +176,10 @@ async def stream_form(
 ) -> StreamedForm[F]:
     """Parse a multipart body, writing its file part into the store's temp directory and
     validating the other fields as `schema` (a 422 naming the field removes the file)."""
-    content_type, options = parse_options_header(request.headers.get("content-type"))
-    boundary = options.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
-        raise InvalidInput(
-            f"Send multipart/form-data with a `{file_field}` part.", param=file_field
-        )
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > max_bytes + FRAMING_ALLOWANCE:
+    boundary = _multipart_boundary(request, file_field)
+    # app/body_limits.py holds every upload to GRAFT_MAX_UPLOAD_BYTES; max_bytes may be less.
+    declared = declared_length(request.headers)
+    if declared is not None and declared > max_bytes + FRAMING_ALLOWANCE:
         raise upload_too_large(max_bytes)
     collector = _Collector(storage, max_bytes, file_field)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
@@ -174,8 +194,75 @@ async def stream_form(
         collector.discard()
         raise InvalidInput(f"Missing required field `{file_field}`.", param=file_field)
     try:
-        fields = schema.model_validate(collector.fields)
-    except ValidationError as exc:
+        fields = validate_fields(schema, collector.fields)
+    except RequestValidationError:
         collector.discard()
-        raise RequestValidationError(exc.errors()) from exc
+        raise
     return StreamedForm(fields, collector.upload, collector.filename)
+
+
+def validate_fields(schema: type[F], fields: dict[str, Any]) -> F:
+    """The form's text fields as `schema`; an invalid one is a 422 naming it."""
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+def _multipart_boundary(request: Request, file_field: str) -> bytes:
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise InvalidInput(
+            f"Send multipart/form-data with a `{file_field}` part.", param=file_field
+        )
+    return bytes(boundary)
+
+
+@dataclass
+class FilesForm(Generic[F]):
+    fields: F
+    files: list[UploadFile]
+    form: FormData
+
+    async def close(self) -> None:
+        await self.form.close()
+
+
+async def read_files_form(
+    request: Request, schema: type[F], *, file_field: str, max_files: int
+) -> FilesForm[F]:
+    """Parse a multipart body of small files (Starlette's parser: they are spooled to
+    temporary files) with `schema`'s text fields. Call it after authentication, so a
+    client without a key never makes the server read a body."""
+    _multipart_boundary(request, file_field)
+    try:
+        form = await request.form(
+            max_files=max_files,
+            max_fields=len(schema.model_fields) + 1,
+            max_part_size=MAX_FIELD_BYTES,
+        )
+    except StarletteHTTPException as exc:
+        if exc.status_code != 400:  # a body over its limit (413) stays as it is
+            raise
+        detail = str(exc.detail)
+        if detail.startswith("Too many files"):
+            detail = f"send at most {max_files} `{file_field}` parts per request."
+        raise InvalidInput(f"The form could not be read: {detail}", param=file_field) from exc
+    files: list[UploadFile] = []
+    fields: dict[str, Any] = {}
+    for name, value in form.multi_items():
+        if name != file_field:
+            fields[name] = value
+        elif isinstance(value, UploadFile):
+            files.append(value)
+        else:
+            await form.close()
+            raise InvalidInput(
+                f"Send each `{file_field}` as a file part (with a filename).", param=file_field
+            )
+    try:
+        return FilesForm(validate_fields(schema, fields), files, form)
+    except RequestValidationError:
+        await form.close()
+        raise

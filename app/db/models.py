@@ -17,6 +17,11 @@ class Team(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     webhook_secret: Mapped[str] = mapped_column(String(100))
+    # After a rotation the old secret still signs deliveries until this passes.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The admin's per-team overrides of the quota defaults in Settings, by quota name.
+    quotas: Mapped[dict[str, int]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -29,7 +34,14 @@ class ApiKey(Base):
     # and lets us look it up by equality.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # "read" (read and download) or "read,write" (also create, cancel and delete).
+    scopes: Mapped[str] = mapped_column(String(40), default="read,write")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Written at most once per LAST_USED_RESOLUTION (app/services/teams.py), so the
+    # read path does not write on every request.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -81,13 +93,18 @@ class Job(Base):
     last_checkpoint_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The last event's per-job number: incremented in the same UPDATE that numbers it.
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    __table_args__ = (Index("uq_job_events_job_id_seq", "job_id", "seq", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # The id a team sees: 1, 2, 3… per job, so it says nothing of other teams' jobs.
+    seq: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(60))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -107,6 +124,8 @@ class Model(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     recommended_artifact: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # The artifacts' bytes on disk, counted against the team's stored_bytes quota.
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -66,6 +66,11 @@ class RepositoryBase(Generic[M, K]):
     def get(self, id: K) -> M | None:
         return self.session.get(self.model, id, populate_existing=self.populate_existing)
 
+    def remove(self, obj: M) -> None:
+        """Delete the row (the database cascades to the rows that belong to it)."""
+        self.session.delete(obj)
+        self.session.flush()
+
 
 class TeamOwned(Protocol):
     """A row that belongs to a team and has a prefixed, time-ordered string id."""

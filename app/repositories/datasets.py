@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
 from app.repositories.base import TeamScopedRepository
 
 ACTIVE_JOB_STATUSES = ("queued", "running")
+
+
+def active_job_specs(session: Session, team_id: str) -> list[dict[str, Any]]:
+    """The specs of the team's queued and running jobs."""
+    stmt = select(Job.spec).where(Job.team_id == team_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    return [spec or {} for spec in session.scalars(stmt)]
 
 
 class DatasetRepository(TeamScopedRepository[Dataset]):
@@ -30,16 +38,14 @@ class DatasetRepository(TeamScopedRepository[Dataset]):
 
     def used_by_active_job(self, team_id: str, dataset_id: str) -> bool:
         """Whether a queued or running job trains on the dataset or adapts to it."""
-        stmt = select(Job.dataset_id, Job.spec).where(
-            Job.team_id == team_id, Job.status.in_(ACTIVE_JOB_STATUSES)
-        )
-        for used, spec in self.session.execute(stmt):
-            adaptation = (spec or {}).get("domain_adaptation") or {}
-            targets = {
+        for spec in active_job_specs(self.session, team_id):
+            adaptation = spec.get("domain_adaptation") or {}
+            used = {
+                spec.get("dataset_id"),
                 adaptation.get("target_dataset_id"),
                 adaptation.get("target_eval_dataset_id"),
             }
-            if dataset_id == used or dataset_id in targets:
+            if dataset_id in used:
                 return True
         return False
 

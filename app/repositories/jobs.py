@@ -170,16 +170,25 @@ class JobRepository(TeamScopedRepository[Job]):
     # -- events --------------------------------------------------------------
 
     def add_event(self, job_id: str, type_: str, data: dict[str, Any] | None = None) -> JobEvent:
-        event = JobEvent(job_id=job_id, type=type_, data=data or {}, created_at=utcnow())
+        # The job row's counter numbers the event: the UPDATE locks the row, so two
+        # writers of one job's events (its worker, a cancel) take turns, never one number.
+        seq = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(event_count=Job.event_count + 1)
+            .returning(Job.event_count)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        event = JobEvent(job_id=job_id, seq=seq, type=type_, data=data or {}, created_at=utcnow())
         self.session.add(event)
         self.session.flush()
         return event
 
-    def events(self, job_id: str, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
+    def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
         stmt = (
             select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-            .order_by(JobEvent.id)
+            .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+            .order_by(JobEvent.seq)
             .limit(limit)
         )
         return list(self.session.scalars(stmt))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
 
 from app.db.models import ApiKey, Team
 from app.repositories.base import RepositoryBase
@@ -11,15 +13,54 @@ from app.repositories.base import RepositoryBase
 class TeamRepository(RepositoryBase[Team, str]):
     model = Team
 
+    def lock(self, team_id: str) -> Team | None:
+        """The team row, locked until the transaction ends (PostgreSQL; SQLite takes its
+        database-wide write lock anyway): quota checks of one team take turns."""
+        stmt = select(Team).where(Team.id == team_id).with_for_update()
+        return self.session.scalars(stmt.execution_options(populate_existing=True)).first()
+
+    # -- keys ---------------------------------------------------------------
+
     def add_key(self, key: ApiKey) -> ApiKey:
         self.session.add(key)
         self.session.flush()
         return key
 
-    def team_for_key_hash(self, key_hash: str) -> Team | None:
+    def key_and_team(self, key_hash: str) -> tuple[ApiKey, Team] | None:
+        """The unrevoked key with this hash and its team, in one round trip."""
         stmt = (
-            select(Team)
-            .join(ApiKey, ApiKey.team_id == Team.id)
+            select(ApiKey, Team)
+            .join(Team, ApiKey.team_id == Team.id)
             .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
+        row = self.session.execute(stmt).first()
+        return None if row is None else (row[0], row[1])
+
+    def keys(self, team_id: str) -> list[ApiKey]:
+        stmt = select(ApiKey).where(ApiKey.team_id == team_id).order_by(ApiKey.id)
+        return list(self.session.scalars(stmt))
+
+    def get_key(self, team_id: str, key_id: str) -> ApiKey | None:
+        stmt = select(ApiKey).where(ApiKey.id == key_id, ApiKey.team_id == team_id)
         return self.session.scalars(stmt).first()
+
+    def revoke_key(self, key_id: str, now: datetime) -> None:
+        self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    def touch_key(self, key_id: str, now: datetime, stale_before: datetime) -> None:
+        """Set last_used_at, unless it was set after `stale_before` (a write per key per
+        interval, not per request)."""
+        self.session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == key_id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale_before),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from app.schemas.common import InputModel, OutputModel
+from app.schemas.common import InputModel, Name, OutputModel
 
 
 class ClassCount(OutputModel):
@@ -45,5 +45,5 @@ class DatasetRead(OutputModel):
 class DatasetForm(InputModel):
     """The form fields beside the uploaded file."""
 
-    name: str | None = Field(None, max_length=200)
+    name: Name | None = None
     kind: Literal["labeled", "unlabeled"] = "labeled"

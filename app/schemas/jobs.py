@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, ConfigDict, Field
 
-from app.schemas.common import InputModel, OutputModel
+from app.schemas.common import InputModel, ObjectId, OutputModel, UniqueList
+
+# `export` and `quantization` hold each of their few choices at most once.
+MAX_VARIANTS = 4
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -57,10 +60,10 @@ class DomainAdaptation(InputModel):
         "prediction entropy on the target (normalisation scale and shift only); dann: "
         "domain-adversarial fine-tuning; pseudo_label: self-training on confident targets"
     )
-    target_dataset_id: str = Field(
+    target_dataset_id: ObjectId = Field(
         examples=["ds_0193a1b2c3d4e5f6a7b8c9d0"], description="An unlabeled dataset of the team"
     )
-    target_eval_dataset_id: str | None = Field(
+    target_eval_dataset_id: ObjectId | None = Field(
         None, description="A labeled dataset of the target domain, for evaluation only"
     )
     steps: int = Field(100, ge=1, le=10_000, description="tent: optimisation steps at most")
@@ -78,8 +81,8 @@ class DomainAdaptation(InputModel):
 
 
 class JobCreate(InputModel):
-    dataset_id: str = Field(examples=["ds_0193a1b2c3d4e5f6a7b8c9d0"])
-    base_model: str = Field(
+    dataset_id: ObjectId = Field(examples=["ds_0193a1b2c3d4e5f6a7b8c9d0"])
+    base_model: ObjectId = Field(
         examples=["resnet18"],
         description="A registry architecture, or the id (mdl_…) of one of the team's models",
     )
@@ -88,17 +91,24 @@ class JobCreate(InputModel):
     )
     strategy: Literal["linear_probe", "partial", "full"] = "linear_probe"
     unfreeze_last: int | None = Field(
-        None, ge=1, description="`partial` only: how many of the last backbone blocks train"
+        None,
+        ge=1,
+        le=1000,
+        description="`partial` only: how many of the last backbone blocks train",
     )
     hyperparameters: Hyperparameters = Field(default_factory=lambda: Hyperparameters())
-    export: list[Literal["onnx"]] = Field(default_factory=list, examples=[["onnx"]])
-    quantization: list[Literal["int8", "fp16"]] = Field(default_factory=list, examples=[["int8"]])
+    export: UniqueList[Literal["onnx"]] = Field(
+        default_factory=list, max_length=MAX_VARIANTS, examples=[["onnx"]]
+    )
+    quantization: UniqueList[Literal["int8", "fp16"]] = Field(
+        default_factory=list, max_length=MAX_VARIANTS, examples=[["int8"]]
+    )
     calibration_images: int = Field(256, ge=8, le=10_000, description="int8 calibration set")
     max_accuracy_drop: float = Field(
         1.0, ge=0, le=100, description="Accuracy points a variant may lose and stay in budget"
     )
     validation_split: float = Field(0.2, ge=0.05, le=0.5)
-    webhook_url: AnyHttpUrl | None = None
+    webhook_url: AnyHttpUrl | None = Field(None, max_length=2000)
     domain_adaptation: DomainAdaptation | None = None
 
     model_config = ConfigDict(
@@ -184,7 +194,8 @@ class JobRead(OutputModel):
 
 
 class JobEventRead(OutputModel):
-    id: int
+    # The row's per-job number (seq), not its global key: 1, 2, 3… within each job.
+    id: int = Field(validation_alias="seq", examples=[3])
     type: str = Field(examples=["epoch_completed"])
     data: dict[str, Any]
     created_at: datetime

@@ -5,7 +5,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from app.schemas.common import InputModel, OutputModel
+from app.schemas.common import InputModel, Name, ObjectId, OutputModel
+
+# The most classes an uploaded model may have (ImageNet-21k has about 21,000).
+MAX_CLASSES = 25_000
 
 
 class Artifact(OutputModel):
@@ -57,7 +60,16 @@ class PredictResponse(OutputModel):
 class ModelForm(InputModel):
     """The form fields beside an uploaded base model."""
 
-    architecture: str = Field(examples=["resnet18"])
+    architecture: ObjectId = Field(examples=["resnet18"])
     classes: str = Field(description='JSON list of class names, e.g. ["cat", "dog"]')
-    name: str | None = Field(None, max_length=200)
+    name: Name | None = None
     image_size: int | None = Field(None, ge=16, le=1024)
+
+
+class PredictForm(InputModel):
+    """The form fields beside the images sent to predict."""
+
+    artifact: ObjectId | None = Field(
+        None, description="An ONNX variant; default the recommended one"
+    )
+    top_k: int = Field(5, ge=1, le=100)

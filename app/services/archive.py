@@ -46,6 +46,16 @@ RATIO_GRACE_BYTES = 1 * MiB
 # Deflate and stored only: LZMA and bzip2 entries let a few bytes of header make
 # the decompressor allocate up to gigabytes before a single byte is counted.
 _ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+# The names of the other methods zip tools write (APPNOTE.TXT section 4.4.5).
+_ZIP_METHOD_NAMES = {
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "LZMA",
+    9: "Deflate64",
+    93: "Zstandard",
+    95: "XZ",
+    98: "PPMd",
+    99: "AES encryption",
+}
 
 # What a damaged archive raises while being read. OSError is left out on purpose:
 # a full disk while writing is our failure, not a corrupt upload.
@@ -111,9 +121,9 @@ def detect_format(path: Path) -> ArchiveFormat:
 def extract_archive(archive: Path, into: Path, limits: ArchiveLimits) -> list[ExtractedFile]:
     """Extract the regular files of `archive` under the new directory `into`.
 
-    Raises InvalidInput (not_an_archive, empty_archive, unsafe_archive_entry,
-    archive_too_large). On error, what was written stays under `into`: the caller
-    owns that directory and removes it.
+    Raises InvalidInput (not_an_archive, unsupported_compression, empty_archive,
+    unsafe_archive_entry, archive_too_large). On error, what was written stays under
+    `into`: the caller owns that directory and removes it.
     """
     fmt = detect_format(archive)
     into.mkdir()
@@ -161,6 +171,17 @@ def _name_problem(raw: str) -> str | None:
 
 def not_an_archive(message: str) -> InvalidInput:
     return InvalidInput(message, code="not_an_archive", param="file")
+
+
+def unsupported_compression(raw_name: str, method: int) -> InvalidInput:
+    name = _ZIP_METHOD_NAMES.get(method, "an unknown method")
+    return InvalidInput(
+        f"Entry {raw_name!r} is compressed with {name} (zip method {method}); Graft reads "
+        "only deflate (what zip tools write by default) and stored entries. Re-create the "
+        "zip with deflate, or upload a tar.gz.",
+        code="unsupported_compression",
+        param="file",
+    )
 
 
 def unsafe_entry(raw_name: str, problem: str) -> InvalidInput:
@@ -331,10 +352,7 @@ def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Member:
         if info.flag_bits & 0x1:
             raise not_an_archive(f"Entry {raw!r} is encrypted; upload an unencrypted archive.")
         if info.compress_type not in _ZIP_METHODS:
-            raise not_an_archive(
-                f"Entry {raw!r} uses compression method {info.compress_type}; "
-                "only stored and deflate entries are accepted."
-            )
+            raise unsupported_compression(raw, info.compress_type)
     return _Member(raw, kind, lambda: zf.open(info), info.compress_size)
 
 

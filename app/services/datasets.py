@@ -20,6 +20,7 @@ from app.ids import new_id
 from app.queue import enqueue_ingest
 from app.repositories.base import Page
 from app.repositories.datasets import DatasetRepository
+from app.services import quotas
 from app.services.archive import ArchiveLimits
 from app.services.idempotency import idempotent, request_hash
 from app.services.ingest import IngestLimits, IngestReport, ingest
@@ -38,7 +39,8 @@ class Upload:
 
 def upload_too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"The upload is larger than the limit of {max_bytes} bytes (GRAFT_MAX_UPLOAD_BYTES).",
+        f"The upload is larger than this team's limit of {max_bytes} bytes (quota "
+        "`upload_bytes`, at most GRAFT_MAX_UPLOAD_BYTES).",
         code="upload_too_large",
         param="file",
     )
@@ -112,6 +114,7 @@ def create_dataset(
     if existing is not None:
         upload.path.unlink(missing_ok=True)
         return existing, False
+    quotas.check_can_store(session, settings, team, upload.size, new_dataset=True)
     dataset = Dataset(
         id=new_id("ds"),
         team_id=team.id,

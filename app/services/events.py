@@ -44,9 +44,14 @@ def record_event(
     return event
 
 
+def event_key(job_id: str, seq: int) -> str:
+    """A webhook event's id, unique across jobs: `evt_<job id's suffix>_<number>`."""
+    return f"evt_{job_id.removeprefix('job_')}_{seq}"
+
+
 def webhook_payload(job: Job, event: JobEvent) -> dict[str, Any]:
     return {
-        "id": f"evt_{event.id}",
+        "id": event_key(job.id, event.seq),
         "type": event.type,
         "created_at": event.created_at.isoformat(),
         "job": {"id": job.id, "status": job.status, "attempt": job.attempt},

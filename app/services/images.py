@@ -1,8 +1,9 @@
-"""Checks one file of an uploaded dataset: is it an image we can train on?
+"""Checks one file of an uploaded dataset (or sent to predict): is it an image we can use?
 
 A file that fails is rejected with a reason code and the rest of the dataset is
 kept. The decode goes through app.imaging.load_rgb, the same conversion training
-and serving use, so an image accepted here is one the worker can read.
+and serving use, so an image accepted here is one the worker can read. The predict
+endpoint runs the same header check and decode (app/services/inference.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from app.imaging import load_rgb
 
 # Pillow openers to try; the JPEG one also opens the MPO files many cameras write.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+ACCEPTED_NAMES = "JPEG, PNG, WebP, BMP, GIF"
 
 HIDDEN_FOLDERS = frozenset({"__MACOSX"})
 HIDDEN_FILES = frozenset({"thumbs.db", "desktop.ini"})
@@ -79,11 +81,22 @@ def inspect_image(data: bytes, *, max_pixels: int, min_side: int) -> ImageInfo:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone in this process turned it on; truncated files would then pass as good.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for ingestion")
+    info = check_header(data, max_pixels=max_pixels, min_side=min_side)
+    decode_rgb(data)
+    return info
+
+
+def check_header(data: bytes, *, max_pixels: int | None, min_side: int = 1) -> ImageInfo:
+    """The image's format and size from its header alone (no pixel is decoded), checked
+    against the limits: what to call before decoding anything a client sent.
+
+    Raises ImageRejected with reason not_an_image, unsupported_format, too_many_pixels,
+    too_small or corrupt_image.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         info = _read_header(data)
-        _check_size(info, max_pixels=max_pixels, min_side=min_side)
-        _decode(data)
+    _check_size(info, max_pixels=max_pixels, min_side=min_side)
     return info
 
 
@@ -102,17 +115,19 @@ def _read_header(data: bytes) -> ImageInfo:
 def _unidentified(data: bytes) -> ImageRejected:
     for offset, magic, name in _OTHER_IMAGE_MAGIC:
         if data[offset : offset + len(magic)] == magic:
-            accepted = "JPEG, PNG, WebP, BMP, GIF"
-            return ImageRejected("unsupported_format", f"{name} is not accepted; use {accepted}")
-    return ImageRejected("not_an_image", "the content is not an image")
+            return ImageRejected(
+                "unsupported_format", f"{name} is not accepted; use {ACCEPTED_NAMES}"
+            )
+    return ImageRejected("not_an_image", f"not an image Graft can read ({ACCEPTED_NAMES})")
 
 
-def _check_size(info: ImageInfo, *, max_pixels: int, min_side: int) -> None:
+def _check_size(info: ImageInfo, *, max_pixels: int | None, min_side: int) -> None:
     pixels = info.width * info.height
-    if pixels > max_pixels:
+    if max_pixels is not None and pixels > max_pixels:
         raise ImageRejected(
             "too_many_pixels",
-            f"{info.width}x{info.height} is {pixels} pixels, over max_image_pixels={max_pixels}",
+            f"{info.width}x{info.height} is {pixels} pixels, over the limit of {max_pixels} "
+            "(GRAFT_MAX_IMAGE_PIXELS)",
         )
     if min(info.width, info.height) < min_side:
         raise ImageRejected(
@@ -121,9 +136,12 @@ def _check_size(info: ImageInfo, *, max_pixels: int, min_side: int) -> None:
         )
 
 
-def _decode(data: bytes) -> None:
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode the whole image to RGB (app.imaging.load_rgb); a failure is ImageRejected."""
     try:
-        load_rgb(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return load_rgb(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from None
     except Exception as exc:  # a damaged file can make any decoder raise anything

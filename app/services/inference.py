@@ -8,7 +8,6 @@ the same input the API feeds.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections import OrderedDict
@@ -20,7 +19,8 @@ from typing import Any, cast
 import numpy as np
 import onnxruntime as ort
 
-from app.imaging import load_rgb, to_array
+from app.imaging import to_array
+from app.services.images import ImageRejected, check_header, decode_rgb
 
 DEFAULT_SCALE = 1.0 / 255.0
 
@@ -84,13 +84,39 @@ class Preprocessing:
         )
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
-    return to_array(load_rgb(io.BytesIO(data)), size)
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image sent to predict may be; None: no limit of that kind."""
+
+    max_bytes: int | None = None
+    max_pixels: int | None = None
+
+
+# The form field the images come in, named in every per-image message.
+FILES_FIELD = "files"
 
 
 def file_error(filename: str, code: str, message: str) -> dict[str, Any]:
     """One image's result when it could not be classified: the error shape, per file."""
     return {"filename": filename, "error": {"code": code, "message": message}}
+
+
+def load_image(data: bytes, limits: ImageLimits, size: int) -> np.ndarray:
+    """uint8 HWC RGB of size x size; the byte and pixel limits are checked, the latter
+    from the header, before any pixel is decoded. Raises ImageRejected."""
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        raise ImageRejected(
+            "image_too_large",
+            f"larger than the limit of {limits.max_bytes} bytes (GRAFT_MAX_PREDICT_IMAGE_BYTES)",
+        )
+    check_header(data, max_pixels=limits.max_pixels)
+    return to_array(decode_rgb(data), size)
+
+
+def rejected_image(filename: str, exc: ImageRejected) -> dict[str, Any]:
+    """`files`: photo.png: not an image Graft can read (JPEG, PNG, WebP, BMP, GIF)."""
+    code = exc.reason if exc.reason in ("image_too_large", "too_many_pixels") else "invalid_image"
+    return file_error(filename, code, f"`{FILES_FIELD}`: {filename}: {exc.detail}.")
 
 
 class Predictor:
@@ -150,21 +176,20 @@ class Predictor:
         class_names: list[str],
         images: list[tuple[str, bytes]],
         top_k: int,
+        limits: ImageLimits | None = None,
     ) -> list[dict[str, Any]]:
-        """One result per image, in order; an undecodable image gets an error, not a 4xx."""
+        """One result per image, in order; an image over a limit or that cannot be
+        decoded gets its own error (invalid_image, image_too_large, too_many_pixels),
+        not a 4xx, and the others are answered."""
         prep = Preprocessing.from_dict(preprocessing)
         results: list[dict[str, Any] | None] = [None] * len(images)
         arrays: list[np.ndarray] = []
         positions: list[int] = []
         for i, (filename, data) in enumerate(images):
             try:
-                arrays.append(_decode(data, prep.image_size))
-            # Pillow signals a malformed file with many unrelated exception types
-            # (OSError, ValueError, SyntaxError, DecompressionBombError, ...).
-            except Exception as exc:
-                results[i] = file_error(
-                    filename, "invalid_image", f"{filename} could not be decoded as an image: {exc}"
-                )
+                arrays.append(load_image(data, limits or ImageLimits(), prep.image_size))
+            except ImageRejected as exc:
+                results[i] = rejected_image(filename, exc)
                 continue
             positions.append(i)
         if arrays:

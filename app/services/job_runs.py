@@ -33,7 +33,9 @@ from app.queue import enqueue_job
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.repositories.models import ModelRepository
 from app.schemas.jobs import JobCreate
+from app.services import quotas
 from app.services.events import record_event
+from app.storage import artifacts_size
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +128,28 @@ def redispatch(session: Session, *, older_than_seconds: float) -> list[str]:
 
 
 def claim(
-    session: Session, job_id: str, owner: str, *, lease_seconds: float, max_attempts: int
+    session: Session,
+    job_id: str,
+    owner: str,
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+    running_jobs_quota: int | None = None,
 ) -> ClaimedJob | None:
-    """Take the job for `owner`, or None: someone else has it, it ended, or it used up
-    its attempts (then it fails here, too_many_attempts)."""
+    """Take the job for `owner`, or None: someone else has it, it ended, it used up
+    its attempts (then it fails here, too_many_attempts), or its team already runs
+    as many jobs as its running_jobs quota (the default given here, or the team's own):
+    then it stays queued and the dispatcher sends it again at its next pass."""
     repo = JobRepository(session)
+    queued = repo.get(job_id)
+    if (
+        running_jobs_quota is not None
+        and queued is not None
+        and queued.status == "queued"
+        and not quotas.may_start(session, queued.team_id, running_jobs_quota)
+    ):
+        repo.mark_undispatched(job_id)
+        return None
     if not repo.claim(job_id, owner, lease_seconds, max_attempts):
         job = repo.get(job_id)
         if job is not None and job.attempt >= max_attempts:
@@ -230,6 +249,7 @@ def succeed(session: Session, lease: Lease, model: ModelRecord, report: dict[str
             job_id=lease.job_id,
             source="job",
             created_at=utcnow(),
+            size_bytes=artifacts_size(model.artifacts),
             **vars(model),
         )
     )

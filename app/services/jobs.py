@@ -7,20 +7,23 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from app import webhook_targets
 from app.architectures import ARCHITECTURES, Architecture
+from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import Dataset, Job, JobEvent, Model, Team
-from app.db.session import read_scope
-from app.errors import InvalidInput, NotFound
+from app.db.session import after_commit, read_scope
+from app.errors import Conflict, InvalidInput, NotFound
 from app.ids import new_id
 from app.repositories.base import Page
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.schemas.jobs import JobCreate
-from app.services import job_runs
+from app.services import job_runs, quotas
 from app.services.datasets import get_dataset
 from app.services.events import record_event
 from app.services.idempotency import idempotent, request_hash
 from app.services.models import get_model
+from app.storage import Storage
 
 
 def resolve_base_model(
@@ -170,6 +173,15 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     arch, from_model = resolve_base_model(session, team, spec.base_model)
     _check_spec(spec, arch, from_model)
     _check_adaptation(session, team, spec, dataset, arch)
+    if spec.webhook_url is not None:
+        allow_private = get_settings().webhook_allow_private
+        try:
+            webhook_targets.check_url(str(spec.webhook_url), allow_private=allow_private)
+        except webhook_targets.RefusedTarget as exc:
+            raise InvalidInput(
+                str(exc), code="webhook_url_not_allowed", param="webhook_url"
+            ) from exc
+    quotas.check_can_queue(session, get_settings(), team)
     now = utcnow()
     job = Job(
         id=new_id("job"),
@@ -207,17 +219,31 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     return job_runs.cancel(session, get_job(session, team, job_id))
 
 
-def poll_events(job_id: str, *, after_id: int) -> tuple[list[JobEvent], bool]:
-    """One short read for an event stream: the job's events after `after_id`, and
+def delete_job(session: Session, storage: Storage, team: Team, job_id: str) -> None:
+    """Delete a finished job, its events and its files (checkpoints, logs). The model it
+    produced stays: delete that separately."""
+    job = get_job(session, team, job_id)
+    if job.status not in TERMINAL_STATUSES:
+        raise Conflict(
+            f"Job {job_id} is {job.status}; cancel it and wait for it to end, then delete it.",
+            code="job_active",
+            param="job_id",
+        )
+    JobRepository(session).remove(job)
+    after_commit(session, lambda: storage.remove_tree(storage.job_dir(job_id)))
+
+
+def poll_events(job_id: str, *, after_seq: int) -> tuple[list[JobEvent], bool]:
+    """One short read for an event stream: the job's events after `after_seq`, and
     whether the job had ended before they were read (then no event can follow them)."""
     with read_scope() as session:
         repo = JobRepository(session)
         job = repo.get(job_id)
         ended = job is None or job.status in TERMINAL_STATUSES
         # Read after the status: the events that came with the end are then included.
-        return repo.events(job_id, after_id=after_id), ended
+        return repo.events(job_id, after_seq=after_seq), ended
 
 
-def list_events(session: Session, team: Team, job_id: str, *, after_id: int = 0) -> list[JobEvent]:
+def list_events(session: Session, team: Team, job_id: str, *, after_seq: int = 0) -> list[JobEvent]:
     job = get_job(session, team, job_id)
-    return JobRepository(session).events(job.id, after_id=after_id)
+    return JobRepository(session).events(job.id, after_seq=after_seq)

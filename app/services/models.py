@@ -11,15 +11,17 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.architectures import ARCHITECTURES, preprocessing
+from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import Model, Team
-from app.db.session import on_rollback
-from app.errors import InvalidInput, NotFound
+from app.db.session import after_commit, on_rollback
+from app.errors import AppError, Conflict, InvalidInput, NotFound
 from app.ids import new_id
 from app.repositories.base import Page
 from app.repositories.models import ModelRepository
+from app.services import quotas
 from app.services.datasets import Upload
-from app.storage import Storage, describe_file, write_json
+from app.storage import Storage, artifacts_size, describe_file, write_json
 
 # The largest safetensors header we accept; real ones are a few hundred KB at most.
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
@@ -34,6 +36,21 @@ def get_model(session: Session, team: Team, model_id: str, *, param: str = "mode
 
 def list_models(session: Session, team: Team, *, limit: int, cursor: str | None) -> Page[Model]:
     return ModelRepository(session).list_for_team(team.id, limit=limit, cursor=cursor)
+
+
+def delete_model(session: Session, storage: Storage, team: Team, model_id: str) -> None:
+    """Delete a model and its files, unless a queued or running job continues from it.
+    The job that produced it keeps its result.model_id, which then answers 404."""
+    model = get_model(session, team, model_id)
+    repo = ModelRepository(session)
+    if repo.used_by_active_job(team.id, model.id):
+        raise Conflict(
+            f"Model {model_id} is the base of a queued or running job; cancel it first.",
+            code="model_in_use",
+            param="model_id",
+        )
+    repo.remove(model)
+    after_commit(session, lambda: storage.remove_tree(storage.model_dir(model_id)))
 
 
 def artifact_path(storage: Storage, model: Model, fmt: str) -> Path:
@@ -107,7 +124,8 @@ def upload_model(
         )
     try:
         read_safetensors_header(upload.path)
-    except InvalidInput:
+        quotas.check_can_store(session, get_settings(), team, upload.size, new_dataset=False)
+    except AppError:
         upload.path.unlink(missing_ok=True)
         raise
     model_id = new_id("mdl")
@@ -126,6 +144,10 @@ def upload_model(
         "source": "upload",
     }
     write_json(directory / "metadata.json", metadata)
+    artifacts = [
+        describe_file(weights, "safetensors"),
+        describe_file(directory / "metadata.json", "metadata"),
+    ]
     model = Model(
         id=model_id,
         team_id=team.id,
@@ -136,10 +158,8 @@ def upload_model(
         classes=classes,
         preprocessing=prep,
         metrics={},
-        artifacts=[
-            describe_file(weights, "safetensors"),
-            describe_file(directory / "metadata.json", "metadata"),
-        ],
+        artifacts=artifacts,
+        size_bytes=artifacts_size(artifacts),
         created_at=utcnow(),
     )
     return ModelRepository(session).add(model)

@@ -7,7 +7,7 @@ from typing import Any
 from app.config import Settings
 from app.db.models import Model
 from app.errors import Conflict, InvalidInput
-from app.services.inference import Predictor, file_error
+from app.services.inference import ImageLimits, Predictor
 from app.services.models import artifact_path
 from app.storage import Storage
 
@@ -56,31 +56,17 @@ def predict(
             f"(GRAFT_MAX_PREDICT_IMAGES); got {len(images)}.",
             param="files",
         )
-    too_large = {
-        i for i, (_, data) in enumerate(images) if len(data) > settings.max_predict_image_bytes
-    }
-    decodable = [img for i, img in enumerate(images) if i not in too_large]
-    results = iter(
-        PREDICTOR.predict(
-            artifact_path(storage, model, fmt),
-            model.preprocessing,
-            list(model.classes),
-            decodable,
-            top_k,
-        )
-        if decodable
-        else []
+    # The limits of ingestion, checked the same way: pixels from the header, before
+    # anything is decoded (a 9000x9000 PNG of 79 KB would otherwise take 340 MB).
+    limits = ImageLimits(
+        max_bytes=settings.max_predict_image_bytes, max_pixels=settings.max_image_pixels
     )
-    answers = [
-        _too_large(name, settings.max_predict_image_bytes) if i in too_large else next(results)
-        for i, (name, _) in enumerate(images)
-    ]
-    return {"model_id": model.id, "artifact": fmt, "results": answers}
-
-
-def _too_large(filename: str, limit: int) -> dict[str, Any]:
-    return file_error(
-        filename,
-        "image_too_large",
-        f"{filename} is larger than {limit} bytes (GRAFT_MAX_PREDICT_IMAGE_BYTES).",
+    results = PREDICTOR.predict(
+        artifact_path(storage, model, fmt),
+        model.preprocessing,
+        list(model.classes),
+        images,
+        top_k,
+        limits,
     )
+    return {"model_id": model.id, "artifact": fmt, "results": results}

@@ -4,7 +4,9 @@ The worker's sender (worker/webhooks.py) only posts; every row it changes change
 
 A delivery carries `Graft-Signature: t=<unix seconds>,v1=<hex>`, where the hex is
 HMAC-SHA256 over `"<t>.<raw body>"` with the team's webhook secret. A receiver
-recomputes it, compares in constant time, and rejects old timestamps (replays).
+recomputes it, compares in constant time, and rejects old timestamps (replays). For
+the grace period after a rotation there are two: `t=…,v1=<new>,v1=<old>`; a receiver
+accepts the delivery when any v1 matches its secret.
 """
 
 from __future__ import annotations
@@ -22,19 +24,20 @@ from app.repositories.jobs import JobRepository
 from app.repositories.teams import TeamRepository
 from app.repositories.webhooks import WebhookRepository
 from app.services.events import record_event
+from app.services.teams import signing_secrets
 
 MAX_BACKOFF_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One delivery to post, with the secret to sign it."""
+    """One delivery to post, with the secrets to sign it."""
 
     id: int
     url: str
     event_type: str
     payload: dict[str, Any]
-    secret: str
+    secrets: tuple[str, ...]
 
 
 def take_due(session: Session, lease_seconds: float) -> list[Outgoing]:
@@ -47,8 +50,8 @@ def take_due(session: Session, lease_seconds: float) -> list[Outgoing]:
             continue
         job = JobRepository(session).get(d.job_id)
         team = TeamRepository(session).get(job.team_id) if job else None
-        secret = team.webhook_secret if team else ""
-        taken.append(Outgoing(d.id, d.url, d.event_type, d.payload, secret))
+        secrets = tuple(signing_secrets(team, now)) if team else ()
+        taken.append(Outgoing(d.id, d.url, d.event_type, d.payload, secrets))
     return taken
 
 
@@ -60,16 +63,19 @@ def record_attempt(
     *,
     max_attempts: int,
     backoff_seconds: float,
+    final: bool = False,
 ) -> str:
     """Record one attempt (a webhook.delivery event on the job); returns the outcome:
-    delivered, retrying (after backoff_seconds x 2^(n-1), at most 10 minutes) or gave_up."""
+    delivered, retrying (after backoff_seconds x 2^(n-1), at most 10 minutes) or gave_up.
+    `final`: it failed for a reason a retry will not change (a refused address), so give
+    up now."""
     now = utcnow()
     delivery = WebhookRepository(session).get(delivery_id)
     assert delivery is not None
     delivery.attempts += 1
     if error is None:
         delivery.status, delivery.delivered_at, outcome = "delivered", now, "delivered"
-    elif delivery.attempts >= max_attempts:
+    elif final or delivery.attempts >= max_attempts:
         delivery.status, outcome = "failed", "gave_up"
     else:
         delay = backoff_seconds * 2 ** (delivery.attempts - 1)
@@ -81,7 +87,7 @@ def record_attempt(
         delivery.job_id,
         "webhook.delivery",
         {
-            "delivery_id": delivery.id,
+            "event_id": delivery.payload.get("id"),
             "event_type": delivery.event_type,
             "attempt": delivery.attempts,
             "status_code": status,
@@ -92,19 +98,26 @@ def record_attempt(
     return outcome
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secrets: str | tuple[str, ...], timestamp: int, body: bytes) -> str:
+    """The Graft-Signature header: one v1 per secret (the current one first)."""
+    keys = (secrets,) if isinstance(secrets, str) else secrets
+    return ",".join([f"t={timestamp}", *(f"v1={_mac(k, timestamp, body)}" for k in keys)])
 
 
 def verify(secret: str, header: str, body: bytes, *, now: int, tolerance: int = 300) -> bool:
     """For receivers: whether `header` signs `body` with `secret`, at most `tolerance`
     seconds from `now` (older deliveries are refused as possible replays)."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    parts = [p.split("=", 1) for p in header.split(",") if "=" in p]
+    timestamps = [v for k, v in parts if k == "t"]
     try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+        timestamp = int(timestamps[0])
+    except (IndexError, ValueError):
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    return hmac.compare_digest(sign(secret, timestamp, body), header)
+    expected = _mac(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, v) for k, v in parts if k == "v1")

@@ -54,7 +54,8 @@ def test_admin_routes_need_the_admin_key(api: Api) -> None:
     assert wrong.json()["error"]["code"] == "unauthorized"
     key = api.new_team()
     as_team = api.as_team(key, "POST", "/v1/teams", json={"name": "y"})
-    assert as_team.status_code == 401
+    assert as_team.status_code == 403
+    assert as_team.json()["error"]["code"] == "admin_only"
 
 
 def test_key_is_shown_once_and_stored_hashed(api: Api, pg_url: str) -> None:
@@ -74,7 +75,7 @@ def test_requests_without_a_valid_key_are_401(api: Api) -> None:
         r = api.client.request(method, url)
         assert r.status_code == 401
         assert set(r.json()["error"]) == {"code", "message", "param"}
-        assert api.as_team("gft_wrong", method, url).status_code == 401
+        assert api.as_team("graft_wrong", method, url).status_code == 401
 
 
 def test_upload_lists_classes_and_counts_and_dedupes(api: Api) -> None:

@@ -95,7 +95,7 @@ def test_a_revoked_key_fails_on_the_next_request(api: Api, objects: dict[str, An
     key, url = objects["key"], f"/v1/jobs/{objects['job']['id']}"
     assert api.as_team(key, "GET", url).status_code == 200
     with session_scope() as s:
-        for row in s.query(ApiKey).filter(ApiKey.prefix == key[:8]):
+        for row in s.query(ApiKey).filter(ApiKey.prefix == key[:12]):
             row.revoked_at = utcnow()
     r = api.as_team(key, "GET", url)
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
@@ -104,7 +104,7 @@ def test_a_revoked_key_fails_on_the_next_request(api: Api, objects: dict[str, An
 
 def test_wrong_keys_and_missing_ids_answer_as_before(api: Api, objects: dict[str, Any]) -> None:
     url = f"/v1/jobs/{objects['job']['id']}"
-    assert api.as_team("gft_wrong", "GET", url).status_code == 401
+    assert api.as_team("graft_wrong", "GET", url).status_code == 401
     assert api.client.get(url).status_code == 401
     missing = api.as_team(objects["key"], "GET", "/v1/jobs/job_missing")
     assert missing.status_code == 404

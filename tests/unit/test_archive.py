@@ -113,7 +113,8 @@ def test_encrypted_zip_entry_is_refused(tmp_path):
 
 def test_lzma_zip_entry_is_refused(tmp_path):
     archive = make_zip(tmp_path / "a.zip", GOOD, compression=zipfile.ZIP_LZMA)
-    assert "compression method" in assert_refused(archive, tmp_path, "not_an_archive").message
+    error = assert_refused(archive, tmp_path, "unsupported_compression")
+    assert "'cat/0.jpg' is compressed with LZMA (zip method 14)" in error.message
 
 
 # --- hostile names -----------------------------------------------------------------

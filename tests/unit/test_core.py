@@ -46,7 +46,7 @@ def test_ids_are_prefixed_unique_and_time_ordered() -> None:
 
 def test_keys_are_random_and_hashed() -> None:
     a, b = generate_key(), generate_key()
-    assert a != b and a.startswith("gft_") and len(a) > 40
+    assert a != b and a.startswith("graft_") and len(a) > 40
     assert hash_key(a) == hash_key(a) != hash_key(b)
 
 

@@ -22,3 +22,11 @@ def test_a_changed_body_wrong_secret_or_old_timestamp_is_refused() -> None:
 def test_a_malformed_header_is_refused() -> None:
     for header in ("", "t=abc,v1=00", "v1=00", f"t={NOW}", f"t={NOW},v1=" + "0" * 64):
         assert not verify(SECRET, header, BODY, now=NOW)
+
+
+def test_after_a_rotation_both_secrets_sign_and_either_verifies() -> None:
+    header = sign(("new secret", SECRET), NOW, BODY)
+    assert header.count("v1=") == 2
+    assert verify("new secret", header, BODY, now=NOW)
+    assert verify(SECRET, header, BODY, now=NOW)
+    assert not verify("a third secret", header, BODY, now=NOW)

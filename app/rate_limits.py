@@ -1,0 +1,338 @@
+"""Rate limits: requests per API key, and failed authentications per client address.
+
+Each limit is a token bucket per identifier: a bucket holds `burst` tokens, a request
+spends one, and tokens come back at a steady rate (`per minute / 60` a second). A key
+may therefore send `rate_limit_burst` requests at once, then `rate_limit_per_key` a
+minute; an address may fail authentication `rate_limit_failed_auth` times in a row,
+then once every `60 / rate_limit_failed_auth` seconds. A refused request spends nothing,
+and its `RateLimited.retry_after` is the exact wait for the next token (at least 1 s).
+
+The algorithm is pyrate-limiter's `TokenBucket` (the GCRA form of a token bucket: one
+number per identifier, the time the bucket would be full again), used through its
+`StateStore` contract: `store.check(algorithm, rates, now, weight)` answers a
+`Decision` with the retry-after in the same step. We chose it over `limits` (the
+library behind slowapi and Flask-Limiter) because it is literally a token bucket with
+a separate burst, its Redis store runs the whole read-modify-write as one Lua script
+(one round trip, atomic across processes, keys expire by themselves), and the call is
+plain synchronous code; `limits` offers only window strategies (fixed, moving,
+sliding-window counter) whose Retry-After is a window edge, with no burst of its own.
+We skip pyrate-limiter's `Limiter` facade: it waits (sleeps) by default, keeps one
+bucket per limiter rather than per identifier, and does not hand back the wait.
+
+Storage: Redis when `rate_limit_storage_url` is a redis:// URL, or when it is empty and
+the broker is Redis, so every API process shares one budget (keys `graft:rl:…`; the
+clock is the wall clock, since the state is compared across hosts). Otherwise, on the
+embedded default, the buckets live in this process (`memory://` forces that).
+
+Redis trouble never takes the API down: when Redis cannot be reached, the per-key limit
+is not enforced (fails open, with one warning) and failed authentications are counted
+in this process instead, so a password-guessing client is still slowed down. Redis is
+tried again after `REDIS_RETRY_SECONDS`, so an outage costs one timeout per interval,
+not one per request.
+
+Thread-safe: the in-process buckets each carry a lock, Redis does the rest atomically,
+and redis-py's connection pool is shared by the threads of one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from pyrate_limiter import (
+    Decision,
+    Duration,
+    InMemoryStateStore,
+    MonotonicClock,
+    Rate,
+    RedisStateStore,
+    StateStore,
+    TokenBucket,
+    WallClock,
+)
+
+from app.config import Settings, get_settings
+from app.errors import RateLimited
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "graft:rl:"
+# After a Redis failure, how long to run without it before trying again.
+REDIS_RETRY_SECONDS = 5.0
+# In-process buckets kept before the full (idle) ones are dropped.
+MAX_MEMORY_BUCKETS = 100_000
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+_ALGORITHM = TokenBucket()
+
+Clock = Callable[[], int]
+"""Milliseconds, as pyrate-limiter's clocks count them."""
+
+
+def storage_url(settings: Settings) -> str:
+    """Where the buckets live: a Redis URL, or ``memory://`` for this process."""
+    url = settings.rate_limit_storage_url.strip()
+    if url:
+        return url
+    if settings.broker_url.startswith(REDIS_SCHEMES):
+        return settings.broker_url
+    return "memory://"
+
+
+@dataclass(frozen=True)
+class _Limit:
+    kind: str  # part of the storage key: "key" or "auth"
+    rate: Rate
+    message: str  # "... Retry in {retry_after} s." is appended
+
+    @property
+    def rates(self) -> list[Rate]:
+        return [self.rate]
+
+    def refused(self, decision: Decision) -> RateLimited:
+        if decision.retry_after_ms is not None:
+            seconds = math.ceil(decision.retry_after_ms / 1000)
+        else:  # a weight over the burst; never with weight 1, but answer something
+            seconds = math.ceil(self.rate.interval / self.rate.limit / 1000)
+        seconds = max(1, seconds)
+        return RateLimited(f"{self.message} Retry in {seconds} s.", retry_after=seconds)
+
+
+class _MemoryBuckets:
+    """pyrate-limiter's in-process store, one per identifier.
+
+    When there are many, the full ones (idle long enough to have refilled) are
+    dropped: they hold nothing a fresh bucket would not.
+    """
+
+    def __init__(self, max_buckets: int = MAX_MEMORY_BUCKETS) -> None:
+        self._buckets: dict[str, tuple[_Limit, StateStore]] = {}
+        self._lock = threading.Lock()
+        self._max = max_buckets
+
+    def _store(self, limit: _Limit, ident: str, now: int) -> StateStore:
+        name = f"{limit.kind}:{ident}"
+        entry = self._buckets.get(name)
+        if entry is None:
+            with self._lock:
+                entry = self._buckets.get(name)
+                if entry is None:
+                    if len(self._buckets) >= self._max:
+                        self._prune(now)
+                    entry = self._buckets[name] = (limit, InMemoryStateStore())
+        return entry[1]
+
+    def _prune(self, now: int) -> None:
+        for name, (limit, store) in list(self._buckets.items()):
+            state = store.read(_ALGORITHM, limit.rates)
+            if isinstance(state, tuple) and _ALGORITHM.consumed(limit.rates, state, now) == 0:
+                del self._buckets[name]
+        if len(self._buckets) >= self._max:
+            # All busy (an attack from many addresses?): forget the oldest half.
+            log.warning("Rate limits: %d busy buckets in memory; forgetting half", self._max)
+            for name in list(self._buckets)[: len(self._buckets) // 2]:
+                del self._buckets[name]
+
+    def spend(self, limit: _Limit, ident: str, now: int) -> Decision:
+        decision = self._store(limit, ident, now).check(_ALGORITHM, limit.rates, now, 1)
+        assert isinstance(decision, Decision)
+        return decision
+
+    def peek(self, limit: _Limit, ident: str, now: int) -> Decision:
+        entry = self._buckets.get(f"{limit.kind}:{ident}")
+        if entry is None:
+            return Decision()
+        state = entry[1].read(_ALGORITHM, limit.rates)
+        assert isinstance(state, tuple)
+        return _ALGORITHM.step(limit.rates, state, now, 1)[1]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class _RedisBuckets:
+    """pyrate-limiter's Redis store: one small hash per identifier, with a TTL."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=30
+        )
+        kw = self.client.connection_pool.connection_kwargs
+        self.where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+        self._prefix = prefix
+
+    def _store(self, limit: _Limit, ident: str) -> StateStore:
+        return RedisStateStore(self.client, f"{self._prefix}{limit.kind}:{ident}")
+
+    def spend(self, limit: _Limit, ident: str, now: int) -> Decision:
+        decision = self._store(limit, ident).check(_ALGORITHM, limit.rates, now, 1)
+        assert isinstance(decision, Decision)
+        return decision
+
+    def peek(self, limit: _Limit, ident: str, now: int) -> Decision:
+        state = self._store(limit, ident).read(_ALGORITHM, limit.rates)
+        assert isinstance(state, tuple)
+        return _ALGORITHM.step(limit.rates, state, now, 1)[1]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RateLimits:
+    """The API's rate limits, configured from `settings`.
+
+    `namespace` separates this instance's Redis keys from others' (tests); in-process
+    buckets always belong to the instance. `clock` (milliseconds) replaces the library's
+    clock: monotonic in process, the wall clock with Redis.
+    """
+
+    def __init__(
+        self, settings: Settings, *, namespace: str = "", clock: Clock | None = None
+    ) -> None:
+        self.enabled = settings.rate_limits_enabled
+        self.per_key = _Limit(
+            "key",
+            Rate(settings.rate_limit_per_key, Duration.MINUTE, burst=settings.rate_limit_burst),
+            f"Too many requests for this API key: the limit is {settings.rate_limit_per_key} "
+            f"per minute, in bursts of up to {settings.rate_limit_burst}.",
+        )
+        self.failed_auth = _Limit(
+            "auth",
+            Rate(settings.rate_limit_failed_auth, Duration.MINUTE),
+            "Too many failed authentications from this address: the limit is "
+            f"{settings.rate_limit_failed_auth} per minute.",
+        )
+        url = storage_url(settings)
+        self._memory = _MemoryBuckets()
+        self._redis: _RedisBuckets | None = None
+        if url.startswith(REDIS_SCHEMES):
+            prefix = f"{KEY_PREFIX}{namespace}:" if namespace else KEY_PREFIX
+            if self.enabled:
+                self._redis = _RedisBuckets(url, prefix)
+        elif url != "memory://":
+            raise ValueError(
+                f"GRAFT_RATE_LIMIT_STORAGE_URL must be redis://…, rediss://…, unix://… or "
+                f"memory://, not {url.split('://')[0]}://…"
+            )
+        self.backend = "redis" if url.startswith(REDIS_SCHEMES) else "memory"
+        self._clock: Clock = clock or (
+            WallClock().now if self._redis is not None else MonotonicClock().now
+        )
+        self._local_clock: Clock = clock or MonotonicClock().now
+        self._redis_retry_at = 0.0
+
+    # -- the three checks ----------------------------------------------------
+
+    def hit_key(self, key_id: str) -> None:
+        """Spend one request of `key_id`'s budget; RateLimited (429) when there is none."""
+        if not self.enabled:
+            return
+        decision = self._spend(self.per_key, key_id, fallback=False)
+        if decision is not None and not decision.allowed:
+            raise self.per_key.refused(decision)
+
+    def check_failed_auth(self, address: str) -> None:
+        """RateLimited (429) when `address` may not try to authenticate again yet."""
+        if not self.enabled:
+            return
+        limit = self.failed_auth
+        decision: Decision | None = None
+        if self._redis_usable():
+            assert self._redis is not None
+            try:
+                decision = self._redis.peek(limit, address, self._clock())
+            except (redis.RedisError, OSError) as exc:
+                self._redis_failed(exc)
+        if decision is None:
+            decision = self._memory.peek(limit, address, self._local_clock())
+        if not decision.allowed:
+            raise limit.refused(decision)
+
+    def record_failed_auth(self, address: str) -> None:
+        """Count one failed authentication from `address`."""
+        if self.enabled:
+            self._spend(self.failed_auth, address, fallback=True)
+
+    def close(self) -> None:
+        """Release the Redis connections (a later call opens them again)."""
+        if self._redis is not None:
+            self._redis.close()
+
+    # -- storage -------------------------------------------------------------
+
+    def _spend(self, limit: _Limit, ident: str, *, fallback: bool) -> Decision | None:
+        """The decision, from Redis when usable; else in process, or None (fail open)."""
+        if self._redis_usable():
+            assert self._redis is not None
+            try:
+                return self._redis.spend(limit, ident, self._clock())
+            except (redis.RedisError, OSError) as exc:
+                self._redis_failed(exc)
+        if self._redis is None or fallback:
+            return self._memory.spend(limit, ident, self._local_clock())
+        return None
+
+    def _redis_usable(self) -> bool:
+        return self._redis is not None and time.monotonic() >= self._redis_retry_at
+
+    def _redis_failed(self, exc: Exception) -> None:
+        assert self._redis is not None
+        self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+        log.warning(
+            "Rate limits: Redis at %s failed (%s: %s); for the next %.0f s per-key limits "
+            "are off and failed authentications are counted in this process",
+            self._redis.where,
+            type(exc).__name__,
+            exc,
+            REDIS_RETRY_SECONDS,
+        )
+
+
+# -- the shared instance -------------------------------------------------------
+
+_shared_lock = threading.Lock()
+_shared: tuple[tuple[object, ...], RateLimits] | None = None
+_namespace = ""
+
+
+def _config_key(settings: Settings) -> tuple[object, ...]:
+    return (
+        settings.rate_limits_enabled,
+        settings.rate_limit_per_key,
+        settings.rate_limit_burst,
+        settings.rate_limit_failed_auth,
+        storage_url(settings),
+        _namespace,
+    )
+
+
+def get_rate_limits() -> RateLimits:
+    """The process's RateLimits, rebuilt when a setting that matters changes."""
+    global _shared
+    key = _config_key(get_settings())
+    shared = _shared
+    if shared is not None and shared[0] == key:
+        return shared[1]
+    with _shared_lock:
+        if _shared is None or _shared[0] != key:
+            settings = get_settings()
+            _shared = (_config_key(settings), RateLimits(settings, namespace=_namespace))
+        return _shared[1]
+
+
+def reset_rate_limits(namespace: str = "") -> None:
+    """Forget the shared RateLimits; the next one keeps its Redis keys under `namespace`.
+
+    For tests: call it between tests (with a fresh namespace when they share a Redis),
+    so no test inherits another's spent budget.
+    """
+    global _shared, _namespace
+    with _shared_lock:
+        old, _shared, _namespace = _shared, None, namespace
+    if old is not None:
+        old[1].close()

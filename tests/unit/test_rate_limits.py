@@ -1,0 +1,269 @@
+"""Rate limits: token buckets per API key and failed authentications per address."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.config import Settings, get_settings
+from app.errors import RateLimited
+from app.rate_limits import KEY_PREFIX, RateLimits, get_rate_limits, reset_rate_limits
+
+
+class FakeClock:
+    """Milliseconds that move only when told to."""
+
+    def __init__(self, start: int = 1_000_000) -> None:
+        self.ms = start
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def settings(**kw: Any) -> Settings:
+    values: dict[str, Any] = {
+        "rate_limit_storage_url": "memory://",
+        "rate_limit_per_key": 60,
+        "rate_limit_burst": 5,
+        "rate_limit_failed_auth": 3,
+    }
+    values.update(kw)
+    return Settings(**values)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared() -> Iterator[None]:
+    reset_rate_limits()
+    yield
+    reset_rate_limits()
+
+
+# -- in process ----------------------------------------------------------------
+
+
+def test_burst_then_429_naming_the_limit() -> None:
+    limits = RateLimits(settings(), clock=FakeClock())
+    assert limits.backend == "memory"
+    for _ in range(5):
+        limits.hit_key("key_a")
+    with pytest.raises(RateLimited) as caught:
+        limits.hit_key("key_a")
+    err = caught.value
+    assert err.status_code == 429
+    assert err.code == "rate_limited"
+    # 60 a minute: the next token comes in 1 s.
+    assert err.retry_after == 1
+    assert "this API key" in err.message
+    assert "60 per minute" in err.message
+    assert "bursts of up to 5" in err.message
+    assert err.message.endswith("Retry in 1 s.")
+    assert err.to_dict()["error"]["code"] == "rate_limited"
+
+
+def test_refill_at_the_steady_rate() -> None:
+    clock = FakeClock()
+    limits = RateLimits(settings(), clock=clock)
+    for _ in range(5):
+        limits.hit_key("key_a")
+    with pytest.raises(RateLimited):
+        limits.hit_key("key_a")
+    # A refused request spends nothing; one second brings back exactly one token.
+    clock.ms += 1000
+    limits.hit_key("key_a")
+    with pytest.raises(RateLimited):
+        limits.hit_key("key_a")
+    # A long pause refills the bucket to its burst, never beyond.
+    clock.ms += 10 * 60_000
+    for _ in range(5):
+        limits.hit_key("key_a")
+    with pytest.raises(RateLimited):
+        limits.hit_key("key_a")
+
+
+def test_retry_after_is_the_wait_for_the_next_token() -> None:
+    limits = RateLimits(settings(rate_limit_per_key=6, rate_limit_burst=1), clock=FakeClock())
+    limits.hit_key("key_a")
+    with pytest.raises(RateLimited) as caught:
+        limits.hit_key("key_a")
+    assert caught.value.retry_after == 10
+    assert "Retry in 10 s." in caught.value.message
+
+
+def test_keys_are_independent() -> None:
+    limits = RateLimits(settings(), clock=FakeClock())
+    for _ in range(5):
+        limits.hit_key("key_a")
+    with pytest.raises(RateLimited):
+        limits.hit_key("key_a")
+    for _ in range(5):
+        limits.hit_key("key_b")
+
+
+def test_instances_do_not_share_memory() -> None:
+    first = RateLimits(settings(), clock=FakeClock())
+    for _ in range(5):
+        first.hit_key("key_a")
+    with pytest.raises(RateLimited):
+        first.hit_key("key_a")
+    RateLimits(settings(), clock=FakeClock()).hit_key("key_a")
+
+
+def test_failed_auth_per_address() -> None:
+    clock = FakeClock()
+    limits = RateLimits(settings(), clock=clock)
+    for _ in range(3):
+        limits.check_failed_auth("10.0.0.1")
+        limits.record_failed_auth("10.0.0.1")
+    with pytest.raises(RateLimited) as caught:
+        limits.check_failed_auth("10.0.0.1")
+    err = caught.value
+    # 3 a minute: one more try every 20 s.
+    assert err.retry_after == 20
+    assert "failed authentications from this address" in err.message
+    assert "3 per minute" in err.message
+    # Checking spends nothing, other addresses are unaffected, and API keys too.
+    with pytest.raises(RateLimited):
+        limits.check_failed_auth("10.0.0.1")
+    limits.check_failed_auth("10.0.0.2")
+    limits.hit_key("10.0.0.1")
+    clock.ms += 20_000
+    limits.check_failed_auth("10.0.0.1")
+
+
+def test_disabled_never_refuses() -> None:
+    limits = RateLimits(settings(rate_limits_enabled=False), clock=FakeClock())
+    for _ in range(50):
+        limits.hit_key("key_a")
+        limits.record_failed_auth("10.0.0.1")
+    limits.check_failed_auth("10.0.0.1")
+
+
+def test_memory_buckets_drop_the_full_ones() -> None:
+    clock = FakeClock()
+    limits = RateLimits(settings(), clock=clock)
+    memory = limits._memory
+    memory._max = 10
+    for i in range(10):
+        limits.hit_key(f"key_{i}")
+    clock.ms += 60_000  # all refilled
+    limits.hit_key("key_new")
+    assert len(memory) == 1
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+def test_storage_follows_the_settings() -> None:
+    redis_broker = "redis://127.0.0.1:6379/0"
+    assert RateLimits(settings(rate_limit_storage_url="", broker_url="")).backend == "memory"
+    assert (
+        RateLimits(settings(rate_limit_storage_url="", broker_url=redis_broker)).backend == "redis"
+    )
+    forced = settings(rate_limit_storage_url="memory://", broker_url=redis_broker)
+    assert RateLimits(forced).backend == "memory"
+    with pytest.raises(ValueError, match="GRAFT_RATE_LIMIT_STORAGE_URL"):
+        RateLimits(settings(rate_limit_storage_url="memcached://x"))
+
+
+def test_shared_instance_is_cached_and_rebuilt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAFT_RATE_LIMIT_STORAGE_URL", "memory://")
+    monkeypatch.setenv("GRAFT_RATE_LIMIT_PER_KEY", "60")
+    get_settings.cache_clear()
+    first = get_rate_limits()
+    assert get_rate_limits() is first
+    get_settings.cache_clear()
+    assert get_rate_limits() is first  # same values, same instance
+    monkeypatch.setenv("GRAFT_RATE_LIMIT_PER_KEY", "61")
+    get_settings.cache_clear()
+    second = get_rate_limits()
+    assert second is not first
+    assert "61 per minute" in second.per_key.message
+    reset_rate_limits()
+    assert get_rate_limits() is not second
+    get_settings.cache_clear()
+
+
+def test_unreachable_redis_fails_open(caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing listens on port 1: connections are refused at once.
+    limits = RateLimits(settings(rate_limit_storage_url="redis://127.0.0.1:1/0"))
+    assert limits.backend == "redis"
+    with caplog.at_level(logging.WARNING, logger="app.rate_limits"):
+        for _ in range(20):
+            limits.hit_key("key_a")  # the per-key limit is off
+    warnings = [r for r in caplog.records if "Redis at 127.0.0.1:1/0 failed" in r.getMessage()]
+    assert len(warnings) == 1  # once per retry interval, not once per request
+    # Failed authentications are still counted, in this process.
+    for _ in range(3):
+        limits.check_failed_auth("10.0.0.1")
+        limits.record_failed_auth("10.0.0.1")
+    with pytest.raises(RateLimited):
+        limits.check_failed_auth("10.0.0.1")
+
+
+# -- Redis: one budget for every API process -------------------------------------------
+
+
+@pytest.fixture
+def redis_settings(redis_url: str) -> Iterator[tuple[Settings, str]]:
+    import redis
+
+    namespace = f"test-{uuid.uuid4().hex[:10]}"
+    yield settings(rate_limit_storage_url=redis_url), namespace
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{KEY_PREFIX}{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.mark.redis
+def test_two_processes_share_one_budget(redis_settings: tuple[Settings, str]) -> None:
+    conf, namespace = redis_settings
+    clock = FakeClock()
+    api_1 = RateLimits(conf, namespace=namespace, clock=clock)
+    api_2 = RateLimits(conf, namespace=namespace, clock=clock)
+    assert api_1.backend == "redis"
+    for i in range(5):
+        (api_1 if i % 2 else api_2).hit_key("key_a")
+    for limits in (api_1, api_2):
+        with pytest.raises(RateLimited) as caught:
+            limits.hit_key("key_a")
+        assert caught.value.retry_after == 1
+        assert "60 per minute" in caught.value.message
+    api_2.hit_key("key_b")  # keys stay independent
+    # Another namespace is another budget.
+    RateLimits(conf, namespace=f"{namespace}-other", clock=clock).hit_key("key_a")
+    clock.ms += 1000
+    api_1.hit_key("key_a")
+    with pytest.raises(RateLimited):
+        api_2.hit_key("key_a")
+    api_1.close()
+    api_2.close()
+
+
+@pytest.mark.redis
+def test_failed_auth_is_shared_and_keys_expire(
+    redis_settings: tuple[Settings, str], redis_url: str
+) -> None:
+    import redis
+
+    conf, namespace = redis_settings
+    api_1 = RateLimits(conf, namespace=namespace)
+    api_2 = RateLimits(conf, namespace=namespace)
+    api_1.record_failed_auth("10.0.0.1")
+    api_2.record_failed_auth("10.0.0.1")
+    api_1.check_failed_auth("10.0.0.1")
+    api_2.record_failed_auth("10.0.0.1")
+    with pytest.raises(RateLimited) as caught:
+        api_1.check_failed_auth("10.0.0.1")
+    assert 1 <= caught.value.retry_after <= 20
+    api_2.check_failed_auth("10.0.0.2")
+    client = redis.Redis.from_url(redis_url)
+    key = f"{KEY_PREFIX}{namespace}:auth:10.0.0.1"
+    assert client.exists(key)
+    assert 0 < int(client.pttl(key)) <= 2 * 60_000  # idle buckets clean themselves up
+    client.close()
