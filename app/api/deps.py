@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
@@ -37,13 +38,21 @@ async def get_storage(settings: Annotated[Settings, Depends(settings)]) -> Stora
     return Storage(settings.resolved_data_dir)
 
 
+# Declares the Bearer scheme in the OpenAPI spec (securitySchemes) for every route
+# that takes a key; a missing or non-Bearer header reads as no key (the 401 says so).
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A team's API key (`graft_…`); on /v1/teams, GRAFT_ADMIN_KEY; on /metrics, "
+    "GRAFT_METRICS_TOKEN or the admin key",
+)
+
+
 async def bearer_token(
-    authorization: Annotated[str | None, Header(max_length=500)] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    token = credentials.credentials.strip() if credentials else ""
+    return token or None
 
 
 async def client_address(request: Request) -> str:
@@ -115,5 +124,10 @@ IdempotencyKeyHeader = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size")]
 Cursor = Annotated[
-    str | None, Query(max_length=64, description="`next_cursor` of the previous page")
+    str | None,
+    Query(
+        max_length=64,
+        pattern=r"^[a-z]+_[0-9a-f]+$",
+        description="`next_cursor` of the previous page",
+    ),
 ]

@@ -14,7 +14,7 @@ from app.errors import Forbidden, Unauthorized
 from app.queue import broker_reachable
 from app.rate_limits import get_rate_limits
 from app.repositories.health import ping
-from app.schemas.common import ERROR_RESPONSES, ErrorBody
+from app.schemas.common import ERROR_RESPONSES
 from app.security import constant_time_equal
 
 router = APIRouter(tags=["health"])
@@ -80,6 +80,9 @@ def require_metrics_token(settings: Settings, token: str | None, address: str) -
         )
 
 
+JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
@@ -88,9 +91,13 @@ def require_metrics_token(settings: Settings, token: str | None, address: str) -
             "description": "Prometheus metrics, in its text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
-        401: {"model": ErrorBody, "description": "Missing or wrong metrics token"},
-        403: {"model": ErrorBody, "description": "Metrics are disabled (no token is set)"},
-        429: ERROR_RESPONSES[429],
+        # Errors are JSON in the one error shape, though the answer itself is text.
+        401: {"description": "Missing or wrong metrics token", "content": JSON_ERROR},
+        403: {"description": "Metrics are disabled (no token is set)", "content": JSON_ERROR},
+        429: {
+            **{k: v for k, v in ERROR_RESPONSES[429].items() if k != "model"},
+            "content": JSON_ERROR,
+        },
     },
 )
 def metrics(settings: SettingsDep, token: TokenDep, address: AddressDep) -> Response:

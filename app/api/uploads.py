@@ -17,12 +17,13 @@ from typing import IO, Any, Generic, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.body_limits import FRAMING_ALLOWANCE, declared_length
-from app.errors import InvalidInput
+from app.errors import AppError, InvalidInput
 from app.ids import new_id
 from app.services.datasets import Upload, upload_too_large
 from app.storage import Storage
@@ -187,6 +188,14 @@ async def stream_form(
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
+    except ParseError as exc:
+        collector.discard()
+        raise AppError(
+            f"The multipart body is malformed ({exc}); send multipart/form-data with a "
+            f"`{file_field}` part, as curl -F or any HTTP library's file upload does.",
+            code="invalid_multipart",
+            status_code=400,
+        ) from exc
     except BaseException:
         collector.discard()
         raise

@@ -480,3 +480,19 @@ def test_a_team_rotates_its_webhook_secret_with_a_grace_period(
         assert signing_secrets(row) == [rotated["webhook_secret"], before["webhook_secret"]]
         later = row.previous_secret_expires_at + timedelta(seconds=1)
         assert signing_secrets(row, later) == [rotated["webhook_secret"]]
+
+
+def test_what_the_fuzzer_found_answers_4xx(api: Api, team: dict[str, Any]) -> None:
+    # A NUL in a cursor reached PostgreSQL (500); a malformed multipart header was a 500.
+    r = api.as_team(team["read"], "GET", "/v1/jobs?cursor=%00")
+    assert r.status_code == 422 and r.json()["error"]["param"] == "cursor"
+    bad = api.as_team(
+        team["write"],
+        "POST",
+        "/v1/datasets",
+        content=b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
+        b"[: x\r\n\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=xx"},
+    )
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["code"] == "invalid_multipart"
