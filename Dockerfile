@@ -11,11 +11,12 @@ WORKDIR /srv/graft
 
 # Dependencies first, so a code change does not reinstall torch.
 COPY pyproject.toml README.md ./
-RUN mkdir -p app worker migrations \
-    && touch app/__init__.py worker/__init__.py migrations/__init__.py \
-    && pip install . \
+RUN mkdir -p graft app worker migrations \
+    && touch graft/__init__.py app/__init__.py worker/__init__.py migrations/__init__.py \
+    && pip install '.[worker]' \
     && pip uninstall -y graft
 
+COPY graft ./graft
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations

@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 .PHONY: install run test lint e2e clean
 
 # Re-install whenever pyproject.toml changes; pip takes torch and torchvision from the
-# pinned versions in pyproject.toml.
+# pinned versions in pyproject.toml. The server's extras (server, worker) and the test
+# tools (dev); `pip install .` alone is the client and the CLI. No pip cache: the wheels
+# come from local disk, and a cached copy of torch would cost gigabytes more.
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=python3"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e '.[server,worker,dev]'
 	touch $@
 
 install: $(VENV)/.installed

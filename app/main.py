@@ -197,6 +197,9 @@ def create_app() -> FastAPI:
         "a pretrained torchvision model, download it. Every error has the shape "
         '`{"error": {"code", "message", "param"}}`.',
         lifespan=lifespan,
+        # operationId = the endpoint's name (create_job, get_job), so generated clients
+        # get those names rather than create_job_v1_jobs_post.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)

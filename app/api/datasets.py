@@ -43,9 +43,17 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RES
             "type": "string",
             "minLength": 1,
             "maxLength": NAME_MAX_LENGTH,
+            "description": "The dataset's name; default the archive's file name",
             "examples": ["pets-v1"],
         },
-        kind={"type": "string", "enum": ["labeled", "unlabeled"], "default": "labeled"},
+        kind={
+            "type": "string",
+            "enum": ["labeled", "unlabeled"],
+            "default": "labeled",
+            "description": "labeled: class folders, for training; unlabeled: images only, a "
+            "target for domain adaptation",
+            "examples": ["labeled"],
+        },
     ),
 )
 async def create_dataset(

@@ -21,8 +21,13 @@ router = APIRouter(tags=["health"])
 
 
 class Readiness(BaseModel):
-    status: Literal["ok", "unavailable"]
-    checks: dict[str, str] = Field(examples=[{"database": "ok", "broker": "ok"}])
+    status: Literal["ok", "unavailable"] = Field(
+        description="ok when every check passed", examples=["ok"]
+    )
+    checks: dict[str, str] = Field(
+        description="Each dependency: `ok`, or `error: <what failed>`",
+        examples=[{"database": "ok", "broker": "ok"}],
+    )
 
 
 @router.get("/healthz")

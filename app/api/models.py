@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -30,13 +31,31 @@ from app.schemas.common import (
     page_of,
     unprintable_problem,
 )
-from app.schemas.models import MAX_CLASSES, ModelForm, ModelRead, PredictForm, PredictResponse
+from app.schemas.models import (
+    ARTIFACT_FORMATS,
+    MAX_CLASSES,
+    ArtifactFormat,
+    ModelForm,
+    ModelRead,
+    PredictForm,
+    PredictResponse,
+)
 from app.services import models as service
 from app.services import predictions, quotas
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 MEDIA_TYPES = {"metadata": "application/json", "bundle": "application/zip"}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+FormatParam = Annotated[
+    ArtifactFormat,
+    Path(
+        description="Which file: "
+        + "; ".join(f"`{fmt.value}`: {what}" for fmt, what in ARTIFACT_FORMATS.items())
+        + ". A format the model lacks answers 404 `artifact_not_found`.",
+        examples=["safetensors"],
+    ),
+]
 
 
 @router.get("", response_model=PageOf[ModelRead])
@@ -57,19 +76,32 @@ async def get_model(model_id: ObjectId, read: ReadAsTeam) -> Response:
     return await read(answer)
 
 
-@router.get("/{model_id}/artifacts/{format}", response_class=FileResponse)
+@router.get(
+    "/{model_id}/artifacts/{format}",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The file: JSON for `metadata`, a zip for `bundle`, else bytes",
+            "content": {
+                "application/octet-stream": _BINARY,
+                "application/zip": _BINARY,
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
 async def download_artifact(
-    model_id: ObjectId, format: ObjectId, read: ReadAsTeam, storage: StorageDep
+    model_id: ObjectId, format: FormatParam, read: ReadAsTeam, storage: StorageDep
 ) -> FileResponse:
     """Download one artifact: `safetensors`, `metadata`, `onnx`, `onnx-int8`, `onnx-fp16`,
     `bundle`. The sha256 of each is in the model object."""
 
     def answer(session: Session, team: Team) -> FileResponse:
         model = service.get_model(session, team, model_id)
-        path = service.artifact_path(storage, model, format)
+        path = service.artifact_path(storage, model, format.value)
         return FileResponse(
             path,
-            media_type=MEDIA_TYPES.get(format, "application/octet-stream"),
+            media_type=MEDIA_TYPES.get(format.value, "application/octet-stream"),
             filename=f"{model.id}-{path.name}",
         )
 
@@ -82,15 +114,33 @@ async def download_artifact(
     response_model=ModelRead,
     openapi_extra=multipart_body(
         "Weights as a .safetensors file (pickle checkpoints are refused)",
-        architecture={"type": "string", "maxLength": 64, "examples": ["resnet18"]},
+        required=["architecture", "classes"],
+        architecture={
+            "type": "string",
+            "maxLength": 64,
+            "description": "The registry architecture the weights are for",
+            "examples": ["resnet18"],
+        },
         classes={
             "type": "string",
             "description": f"JSON list of class names, in output order: at most {MAX_CLASSES} "
             f"distinct names of 1-{NAME_MAX_LENGTH} printable characters",
             "examples": ['["cat", "dog"]'],
         },
-        name={"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
-        image_size={"type": "integer", "minimum": 16, "maximum": 1024},
+        name={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": NAME_MAX_LENGTH,
+            "description": "The model's name; default the file's name",
+            "examples": ["my-resnet18"],
+        },
+        image_size={
+            "type": "integer",
+            "minimum": 16,
+            "maximum": 1024,
+            "description": "Square input size in pixels; default the architecture's",
+            "examples": [224],
+        },
     ),
 )
 async def upload_model(
@@ -143,9 +193,19 @@ def delete_model(
         artifact={
             "type": "string",
             "maxLength": 64,
-            "description": "An ONNX variant; default the recommended one",
+            "enum": [f.value for f in ArtifactFormat if f.value.startswith("onnx")],
+            "description": "An ONNX variant of the model (onnx, onnx-int8, onnx-fp16); default "
+            "the recommended one; one the model lacks answers 422 artifact_not_found",
+            "examples": ["onnx-int8"],
         },
-        top_k={"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+        top_k={
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "default": 5,
+            "description": "Labels per image, best first",
+            "examples": [5],
+        },
     ),
 )
 async def predict(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Generic, TypeVar
 
@@ -37,10 +37,15 @@ def multipart_body(
     *,
     file_field: str = "file",
     many: bool = False,
+    required: Sequence[str] = (),
     **fields: dict[str, Any],
 ) -> dict[str, Any]:
-    """The OpenAPI request body of an upload endpoint: one file, or (`many`) several.
+    """The OpenAPI request body of an upload endpoint: one file, or (`many`) several,
+    and the text `fields`, of which `required` (beside the file) must be sent.
     (A multipart body here also tells app/body_limits.py that the route takes uploads.)"""
+    unknown = set(required) - set(fields)
+    if unknown:
+        raise ValueError(f"required names fields the body does not have: {sorted(unknown)}")
     binary = {"type": "string", "format": "binary"}
     file_schema: dict[str, Any] = (
         {"type": "array", "items": binary, "minItems": 1, "description": file_description}
@@ -48,7 +53,7 @@ def multipart_body(
         else {**binary, "description": file_description}
     )
     properties: dict[str, Any] = {file_field: file_schema, **fields}
-    schema = {"type": "object", "required": [file_field], "properties": properties}
+    schema = {"type": "object", "required": [file_field, *required], "properties": properties}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     }

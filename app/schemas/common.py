@@ -101,9 +101,19 @@ class OutputModel(BaseModel):
 
 
 class PageOf(BaseModel, Generic[T]):
-    data: list[T]
-    has_more: bool = Field(examples=[False])
-    next_cursor: str | None = Field(None, examples=[None])
+    data: list[T] = Field(
+        description="This page's objects, at most `limit` of them; empty past the last page",
+        examples=[[]],
+    )
+    has_more: bool = Field(
+        description="Whether another page follows; fetch it with `cursor=next_cursor`",
+        examples=[False],
+    )
+    next_cursor: str | None = Field(
+        None,
+        description="Pass as `cursor` for the next page; null on the last page",
+        examples=["ds_0193a1b2c3d4e5f6a7b8c9d0"],
+    )
 
 
 class PageLike(Protocol):
@@ -130,13 +140,33 @@ def page_of(schema: type[M], page: PageLike) -> PageOf[M]:
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(examples=["dataset_not_found"])
-    message: str = Field(examples=["No dataset ds_0193 in this team."])
-    param: str | None = Field(None, examples=["dataset_id"])
+    code: str = Field(
+        description="Stable, machine-readable error code (snake_case); branch on this",
+        examples=["dataset_not_found"],
+    )
+    message: str = Field(
+        description="What went wrong and what to do, for a person; may change between releases",
+        examples=["No dataset ds_0193 in this team."],
+    )
+    param: str | None = Field(
+        None,
+        description="The input the error is about (a field, dotted for nested ones, a path "
+        "or query parameter); null when it is about the request as a whole",
+        examples=["dataset_id"],
+    )
 
 
 class ErrorBody(BaseModel):
-    error: ErrorDetail
+    error: ErrorDetail = Field(
+        description="The one error shape of every 4xx and 5xx answer",
+        examples=[
+            {
+                "code": "dataset_not_found",
+                "message": "No dataset ds_0193 in this team.",
+                "param": "dataset_id",
+            }
+        ],
+    )
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
