@@ -70,6 +70,8 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (RateLimited, 8),
     (APIConnectionError, 9),
     (GraftError, 1),
+    (FileNotFoundError, 3),
+    (OSError, 4),  # an unreadable file or folder: the message names it
 ]
 EXIT_INTERRUPTED = 130
 

@@ -171,3 +171,40 @@ def test_ctrl_c_stops_watching_but_not_the_job(stack: dict[str, Any]) -> None:
     assert client.jobs.get(job.id).status == "running"
     client.jobs.cancel(job.id)
     wait_for(lambda: client.jobs.get(job.id).status == "cancelled", 120, "the cancel")
+
+
+class LoseFirstAnswer(httpx.BaseTransport):
+    """The network between client and server: the first POST /v1/jobs reaches the
+    server, which creates the job, and its answer is lost on the way back."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.keys: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.method == "POST" and request.url.path == "/v1/jobs":
+            self.keys.append(request.headers.get("Idempotency-Key"))
+            if len(self.keys) == 1:
+                response.read()
+                response.close()
+                raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_a_create_whose_answer_was_lost_is_retried_into_one_job(stack: dict[str, Any]) -> None:
+    network = LoseFirstAnswer()
+    http = httpx.Client(transport=network, timeout=30)
+    with Client(stack["api"].url, stack["key"], http=http, retry_backoff=0.01) as client:
+        before = {j.id for j in client.jobs.list()}
+        job = client.jobs.create(
+            dataset_id=stack["dataset"],
+            base_model="resnet18",
+            pretrained_weights="none",
+            hyperparameters={"epochs": 1, "image_size": 16},
+        )
+        created = {j.id for j in client.jobs.list()} - before
+        client.jobs.cancel(job.id)
+    assert created == {job.id}
+    assert len(network.keys) == 2 and network.keys[0] == network.keys[1] is not None
+    http.close()
