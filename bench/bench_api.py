@@ -12,6 +12,9 @@ endpoint for --seconds at 1 and 32 connections; the ratio column is requests/s o
 the bare endpoint's at the same concurrency, measured in the same run. Wrong keys and
 missing ids are measured too: they must cost no more than the right ones.
 
+Part `followers`: GET /v1/jobs/{id} at 32 connections on one API process, alone and
+then with 200 Server-Sent Events followers of a running job connected to it.
+
 Part `dispatch`: the time from POST /v1/jobs to `running` (the row's started_at minus
 its created_at) with an idle worker, over --jobs jobs: on PostgreSQL + Redis, and on
 the embedded defaults (SQLite + the file-system broker). Each job is cancelled once it
@@ -199,6 +202,62 @@ def http_part(seconds: int) -> list[list[str]]:
         return table
 
 
+FOLLOWERS = 200
+
+
+def followers_part(seconds: int) -> list[list[str]]:
+    """GET /v1/jobs/{id} at c=32, without and then with 200 event-stream followers of a
+    running job connected to the same API process (they wait between polls)."""
+    import asyncio
+    import threading
+
+    with scratch_database("graft_bench_follow") as db_url, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = base_env(
+            root, GRAFT_DATABASE_URL=db_url, GRAFT_BROKER_URL="redis://127.0.0.1:6379/13"
+        )
+        ids = seed(env)  # its last job is running: a stream of it stays open
+        port = free_port()
+        graft_cmd = [sys.executable, "-m", "app.cli", "api", "--port", str(port)]
+        rows = []
+        with server(graft_cmd, env, port, root / "api.log") as base:
+            url = f"{base}/v1/jobs/{ids['job']}"
+            alone = wrk(url, ids["key"], 32, seconds)
+            running_job = f"job_{0:026d}"  # every tenth seeded job is running
+            connected: list[int] = []
+            stop = threading.Event()
+
+            async def follow(client: httpx.AsyncClient) -> None:
+                headers = {"Authorization": f"Bearer {ids['key']}", "Accept": "text/event-stream"}
+                events = f"{base}/v1/jobs/{running_job}/events"
+                async with client.stream("GET", events, headers=headers) as response:
+                    connected.append(response.status_code)
+                    async for _ in response.aiter_bytes():
+                        if stop.is_set():
+                            return
+
+            async def followers() -> None:
+                limits = httpx.Limits(max_connections=FOLLOWERS + 10)
+                async with httpx.AsyncClient(timeout=None, limits=limits) as client:
+                    tasks = [asyncio.create_task(follow(client)) for _ in range(FOLLOWERS)]
+                    while not stop.is_set():
+                        await asyncio.sleep(0.2)
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+            thread = threading.Thread(target=lambda: asyncio.run(followers()), daemon=True)
+            thread.start()
+            wait_for(lambda: len(connected) == FOLLOWERS, 120, "the followers")
+            with_followers = wrk(url, ids["key"], 32, seconds)
+            stop.set()
+            thread.join(30)
+        for name, r in (("alone", alone), (f"with {FOLLOWERS} followers", with_followers)):
+            rows.append([name, f"{r['rps']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}"])
+            print(" | ".join(rows[-1]), flush=True)
+        return rows
+
+
 def dispatch_part(jobs: int) -> list[list[str]]:
     table = []
     with scratch_database("graft_bench_dispatch") as db_url, tempfile.TemporaryDirectory() as tmp:
@@ -273,7 +332,7 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["all", "http", "dispatch"], default="all")
+    parser.add_argument("--part", choices=["all", "http", "followers", "dispatch"], default="all")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
     parser.add_argument("--jobs", type=int, default=50, help="jobs timed from POST to running")
     args = parser.parse_args()
@@ -282,12 +341,18 @@ def main() -> None:
     results: dict[str, Any] = {}
     if args.part in ("all", "http"):
         results["http"] = http_part(args.seconds)
+    if args.part in ("all", "followers"):
+        results["followers"] = followers_part(args.seconds)
     if args.part in ("all", "dispatch"):
         results["dispatch"] = dispatch_part(args.jobs)
     print()
     if "http" in results:
         header = ["endpoint", "connections", "requests/s", "× bare", "p50 ms", "p99 ms"]
         print_table(header, results["http"])
+        print()
+    if "followers" in results:
+        header = ["GET /v1/jobs/{id}, c=32", "requests/s", "p50 ms", "p99 ms"]
+        print_table(header, results["followers"])
         print()
     if "dispatch" in results:
         print_table(["broker", "jobs", "p50 s", "p95 s", "max s"], results["dispatch"])

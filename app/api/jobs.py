@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -18,6 +15,7 @@ from app.api.deps import (
     SessionDep,
     StorageDep,
 )
+from app.api.event_streams import hub
 from app.api.responses import as_json
 from app.db.models import Job, Team
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
@@ -140,36 +138,7 @@ async def list_events(
     job = await read(lambda session, team: service.get_job(session, team, job_id))
     start = last_event_id if last_event_id is not None else after
     return StreamingResponse(
-        _sse(job.id, start),
+        hub.stream(job.id, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-async def _sse(
-    job_id: str, after_seq: int, poll_seconds: float = 0.5, keepalive_seconds: float = 15.0
-) -> AsyncIterator[str]:
-    """Events as they are written, until the job has ended and all were sent.
-
-    A follower holds no thread while it waits: each poll is one short read in the
-    thread pool, and the wait between polls is an asyncio sleep, so hundreds of
-    followers cost the API one query per follower every poll_seconds, not a thread.
-    A comment goes out after keepalive_seconds of silence, so proxies keep the line.
-    """
-    yield "retry: 2000\n\n"
-    last, quiet = after_seq, 0.0
-    while True:
-        events, ended = await run_in_threadpool(service.poll_events, job_id, after_seq=last)
-        for event in events:
-            data = JobEventRead.model_validate(event).model_dump_json()
-            yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
-        if events:
-            last, quiet = events[-1].seq, 0.0
-            continue
-        if ended:
-            return
-        await asyncio.sleep(poll_seconds)
-        quiet += poll_seconds
-        if quiet >= keepalive_seconds:
-            quiet = 0.0
-            yield ": keepalive\n\n"
