@@ -133,7 +133,7 @@ def seed(env: dict[str, str]) -> dict[str, str]:
         team_id=team.id,
         job_id=None,
         name="m",
-        source="uploaded",
+        source="upload",
         architecture="resnet18",
         classes=["cat", "dog"],
         preprocessing={"image_size": 224, "mean": [0.485, 0.456, 0.406]},
@@ -196,6 +196,7 @@ def http_part(seconds: int) -> list[list[str]]:
                                 f"{r['rps'] / bare_rps:.2f}",
                                 f"{r['p50']:.1f}",
                                 f"{r['p99']:.1f}",
+                                f"{r['non_2xx']:,.0f}",
                             ]
                         )
                         print(" | ".join(table[-1]), flush=True)
@@ -347,7 +348,7 @@ def main() -> None:
         results["dispatch"] = dispatch_part(args.jobs)
     print()
     if "http" in results:
-        header = ["endpoint", "connections", "requests/s", "× bare", "p50 ms", "p99 ms"]
+        header = ["endpoint", "connections", "requests/s", "× bare", "p50 ms", "p99 ms", "non-2xx"]
         print_table(header, results["http"])
         print()
     if "followers" in results:
