@@ -8,6 +8,8 @@ in app/main.py turns it into the response.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class AppError(Exception):
     """Base of every error the API reports to a client."""
@@ -59,6 +61,16 @@ class NotFound(AppError):
     def in_team(cls, kind: str, object_id: str, param: str) -> NotFound:
         """`No dataset ds_… in this team.`, code `dataset_not_found`."""
         return cls(f"No {kind} {object_id} in this team.", code=f"{kind}_not_found", param=param)
+
+
+T = TypeVar("T")
+
+
+def found(obj: T | None, kind: str, object_id: str, param: str) -> T:
+    """`obj`, or NotFound.in_team when the team has no such object."""
+    if obj is None:
+        raise NotFound.in_team(kind, object_id, param)
+    return obj
 
 
 class Conflict(AppError):

@@ -16,7 +16,8 @@ from app.api.deps import (
 )
 from app.api.responses import as_json
 from app.api.uploads import multipart_body, stream_form
-from app.db.models import Team
+from app.db.models import Dataset, Team
+from app.errors import found
 from app.schemas.common import (
     ERROR_RESPONSES,
     NAME_MAX_LENGTH,
@@ -97,10 +98,11 @@ async def list_datasets(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = No
 
 @router.get("/{dataset_id}", response_model=DatasetRead)
 async def get_dataset(dataset_id: ObjectId, read: ReadAsTeam) -> Response:
-    def answer(session: Session, team: Team) -> Response:
-        return as_json(DatasetRead.model_validate(service.get_dataset(session, team, dataset_id)))
+    def answer(session: Session, team: Team, dataset: Dataset | None) -> Response:
+        dataset = found(dataset, "dataset", dataset_id, "dataset_id")
+        return as_json(DatasetRead.model_validate(dataset))
 
-    return await read(answer)
+    return await read.get(Dataset, dataset_id, answer)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

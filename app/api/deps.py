@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings, get_settings
 from app.db.models import Team
 from app.db.session import read_scope, session_scope
-from app.services.teams import authenticate, require_admin
+from app.repositories.teams import R
+from app.services.teams import authenticate, authenticate_and_get, require_admin
 from app.storage import Storage
 
 
@@ -89,6 +90,22 @@ class TeamReader:
         with read_scope() as session:
             team = authenticate(session, self.token, scope=self.scope, address=self.address)
             return read(session, team)
+
+    async def get(
+        self, model: type[R], object_id: str, answer: Callable[[Session, Team, R | None], T]
+    ) -> T:
+        """Like calling with a read, for a GET by id: the key and the team's `model` row
+        `object_id` (None if it has none) come in one database round trip."""
+        return await run_in_threadpool(self._get, model, object_id, answer)
+
+    def _get(
+        self, model: type[R], object_id: str, answer: Callable[[Session, Team, R | None], T]
+    ) -> T:
+        with read_scope() as session:
+            team, obj = authenticate_and_get(
+                session, self.token, model, object_id, scope=self.scope, address=self.address
+            )
+            return answer(session, team, obj)
 
 
 async def team_reader(token: TokenDep, address: AddressDep) -> TeamReader:

@@ -18,6 +18,7 @@ from app.api.deps import (
 from app.api.event_streams import hub
 from app.api.responses import as_json
 from app.db.models import Job, Team
+from app.errors import found
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
 from app.services import jobs as service
@@ -88,8 +89,10 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=JobRead)
 async def get_job(job_id: ObjectId, read: ReadAsTeam) -> Response:
-    return await read(
-        lambda session, team: as_json(to_read(service.get_job(session, team, job_id)))
+    return await read.get(
+        Job,
+        job_id,
+        lambda session, team, job: as_json(to_read(found(job, "job", job_id, "job_id"))),
     )
 
 

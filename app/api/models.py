@@ -20,8 +20,8 @@ from app.api.deps import (
 )
 from app.api.responses import as_json
 from app.api.uploads import multipart_body, read_files_form, stream_form
-from app.db.models import Team
-from app.errors import InvalidInput
+from app.db.models import Model, Team
+from app.errors import InvalidInput, found
 from app.schemas.common import (
     ERROR_RESPONSES,
     NAME_MAX_LENGTH,
@@ -70,10 +70,10 @@ async def list_models(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = None
 
 @router.get("/{model_id}", response_model=ModelRead)
 async def get_model(model_id: ObjectId, read: ReadAsTeam) -> Response:
-    def answer(session: Session, team: Team) -> Response:
-        return as_json(ModelRead.model_validate(service.get_model(session, team, model_id)))
+    def answer(session: Session, team: Team, model: Model | None) -> Response:
+        return as_json(ModelRead.model_validate(found(model, "model", model_id, "model_id")))
 
-    return await read(answer)
+    return await read.get(Model, model_id, answer)
 
 
 @router.get(

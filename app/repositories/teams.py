@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from app.db.models import ApiKey, Team
 from app.repositories.base import RepositoryBase
+
+R = TypeVar("R")
 
 
 class TeamRepository(RepositoryBase[Team, str]):
@@ -35,6 +38,21 @@ class TeamRepository(RepositoryBase[Team, str]):
         )
         row = self.session.execute(stmt).first()
         return None if row is None else (row[0], row[1])
+
+    def key_team_and(
+        self, key_hash: str, model: type[R], object_id: str
+    ) -> tuple[ApiKey, Team, R | None] | None:
+        """key_and_team, and the team's `model` row with `object_id` (None when the team
+        has none), in the same round trip. `model` is a team-owned row (id, team_id)."""
+        owned: Any = model
+        stmt = (
+            select(ApiKey, Team, model)
+            .join(Team, ApiKey.team_id == Team.id)
+            .outerjoin(model, and_(owned.id == object_id, owned.team_id == Team.id))
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        )
+        row = self.session.execute(stmt).first()
+        return None if row is None else (row[0], row[1], row[2])
 
     def keys(self, team_id: str) -> list[ApiKey]:
         stmt = select(ApiKey).where(ApiKey.team_id == team_id).order_by(ApiKey.id)

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.db.models import Dataset, Team
 from app.db.session import after_commit, on_rollback
-from app.errors import AppError, Conflict, NotFound, PayloadTooLarge
+from app.errors import AppError, Conflict, PayloadTooLarge, found
 from app.ids import new_id
 from app.queue import enqueue_ingest
 from app.repositories.base import Page
@@ -199,9 +199,7 @@ def get_dataset(
     session: Session, team: Team, dataset_id: str, *, param: str = "dataset_id"
 ) -> Dataset:
     dataset = DatasetRepository(session).get_for_team(team.id, dataset_id)
-    if dataset is None:
-        raise NotFound.in_team("dataset", dataset_id, param)
-    return dataset
+    return found(dataset, "dataset", dataset_id, param)
 
 
 def list_datasets(session: Session, team: Team, *, limit: int, cursor: str | None) -> Page[Dataset]:

@@ -13,7 +13,7 @@ from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import Dataset, Job, JobEvent, Model, Team
 from app.db.session import after_commit, read_scope
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, found
 from app.ids import new_id
 from app.repositories.base import Page
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
@@ -203,10 +203,7 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
 
 
 def get_job(session: Session, team: Team, job_id: str) -> Job:
-    job = JobRepository(session).get_for_team(team.id, job_id)
-    if job is None:
-        raise NotFound.in_team("job", job_id, "job_id")
-    return job
+    return found(JobRepository(session).get_for_team(team.id, job_id), "job", job_id, "job_id")
 
 
 def list_jobs(

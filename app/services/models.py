@@ -15,7 +15,7 @@ from app.config import get_settings
 from app.db.base import utcnow
 from app.db.models import Model, Team
 from app.db.session import after_commit, on_rollback
-from app.errors import AppError, Conflict, InvalidInput, NotFound
+from app.errors import AppError, Conflict, InvalidInput, NotFound, found
 from app.ids import new_id
 from app.repositories.base import Page
 from app.repositories.models import ModelRepository
@@ -28,10 +28,7 @@ MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
 
 
 def get_model(session: Session, team: Team, model_id: str, *, param: str = "model_id") -> Model:
-    model = ModelRepository(session).get_for_team(team.id, model_id)
-    if model is None:
-        raise NotFound.in_team("model", model_id, param)
-    return model
+    return found(ModelRepository(session).get_for_team(team.id, model_id), "model", model_id, param)
 
 
 def list_models(session: Session, team: Team, *, limit: int, cursor: str | None) -> Page[Model]:
