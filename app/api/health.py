@@ -12,10 +12,9 @@ from app.config import Settings
 from app.db.session import session_scope
 from app.errors import Forbidden, Unauthorized
 from app.queue import broker_reachable
-from app.rate_limits import get_rate_limits
 from app.repositories.health import ping
 from app.schemas.common import ERROR_RESPONSES
-from app.security import constant_time_equal
+from app.services.teams import secret_matches
 
 router = APIRouter(tags=["health"])
 
@@ -74,12 +73,7 @@ def require_metrics_token(settings: Settings, token: str | None, address: str) -
             "Missing metrics token: send `Authorization: Bearer <GRAFT_METRICS_TOKEN>` "
             "(or the admin key)."
         )
-    limiter = get_rate_limits()
-    limiter.check_failed_auth(address)
-    # Every secret is compared, so the time taken does not tell which one matched.
-    matches = [constant_time_equal(token, secret) for secret in accepted]
-    if not any(matches):
-        limiter.record_failed_auth(address)
+    if not secret_matches(token, accepted, address):
         raise Unauthorized(
             "Wrong metrics token: send GRAFT_METRICS_TOKEN (or the admin key) as the bearer token."
         )

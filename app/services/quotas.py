@@ -51,6 +51,11 @@ def _amount(quota: str, n: int) -> str:
     return f"{n:,}"
 
 
+def own_limit(team: Team, quota: str, default: int) -> int:
+    """The team's own limit for `quota`, else `default`."""
+    return int((team.quotas or {}).get(quota, default))
+
+
 def limits(settings: Settings, team: Team) -> dict[str, int]:
     """Each quota's limit for `team`: its own override, else the default."""
     defaults = {
@@ -60,8 +65,7 @@ def limits(settings: Settings, team: Team) -> dict[str, int]:
         "datasets": settings.quota_datasets,
         "upload_bytes": settings.max_upload_bytes,
     }
-    own = team.quotas or {}
-    merged = {name: int(own.get(name, default)) for name, default in defaults.items()}
+    merged = {name: own_limit(team, name, default) for name, default in defaults.items()}
     # The server reads no upload larger than max_upload_bytes, whatever the team's quota.
     merged["upload_bytes"] = min(merged["upload_bytes"], settings.max_upload_bytes)
     return merged
@@ -125,5 +129,5 @@ def may_start(session: Session, team_id: str, default_limit: int) -> bool:
     team = TeamRepository(session).lock(team_id)
     if team is None:
         return False
-    limit = int((team.quotas or {}).get("running_jobs", default_limit))
+    limit = own_limit(team, "running_jobs", default_limit)
     return UsageRepository(session).for_team(team_id).running_jobs < limit

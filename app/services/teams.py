@@ -190,18 +190,27 @@ def _admit(
     return team
 
 
+def secret_matches(token: str, secrets: list[str], address: str | None) -> bool:
+    """Whether `token` is one of `secrets` (the admin key, the metrics token). Every one
+    is compared in constant time, so the time taken does not tell which matched. An
+    address that guessed wrong too often is refused (429) before anything is compared,
+    and a wrong token counts against it."""
+    limiter = get_rate_limits()
+    limiter.check_failed_auth(address or "unknown")
+    if any([constant_time_equal(token, secret) for secret in secrets]):
+        return True
+    limiter.record_failed_auth(address or "unknown")
+    return False
+
+
 def require_admin(settings: Settings, key: str | None, address: str | None = None) -> None:
     if not key:
         raise Unauthorized("Missing admin key: send `Authorization: Bearer <GRAFT_ADMIN_KEY>`.")
     admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
     if not admin:
         raise Forbidden("Team administration is disabled: GRAFT_ADMIN_KEY is not set.")
-    limiter = get_rate_limits()
-    # Before the comparison: an address that guessed too often gets no more answers.
-    limiter.check_failed_auth(address or "unknown")
-    if constant_time_equal(key, admin):
+    if secret_matches(key, [admin], address):
         return
-    limiter.record_failed_auth(address or "unknown")
     if key.startswith(KEY_PREFIX):
         raise Forbidden(
             "This route needs the admin key (GRAFT_ADMIN_KEY); a team's API key cannot "
