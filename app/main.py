@@ -23,6 +23,7 @@ from app.body_limits import (
 from app.config import get_settings
 from app.errors import AppError, RateLimited
 from app.schemas.common import FIELD_SENTENCE_ERRORS
+from app.ui import routes as ui
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,10 @@ def create_app() -> FastAPI:
         # operationId = the endpoint's name (create_job, get_job), so generated clients
         # get those names rather than create_job_v1_jobs_post.
         generate_unique_id_function=lambda route: route.name,
+        # /docs is served from the package (app/ui/routes.py), not from a CDN; ReDoc has
+        # no vendored bundle, so it is off.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)
@@ -207,5 +212,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(Exception, unhandled_handler)
     for module in (health, teams, account, datasets, jobs, models):
         app.include_router(module.router)
+    ui.mount(app)
     app.add_middleware(BodyLimitMiddleware, operations=lambda: openapi_operations(app.openapi()))
     return app

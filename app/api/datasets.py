@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -14,7 +16,7 @@ from app.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from app.api.responses import as_json
+from app.api.responses import BINARY, as_json
 from app.api.uploads import multipart_body, stream_form
 from app.db.models import Dataset, Team
 from app.errors import found
@@ -26,9 +28,9 @@ from app.schemas.common import (
     clean_name,
     page_of,
 )
-from app.schemas.datasets import DatasetForm, DatasetRead
+from app.schemas.datasets import DatasetForm, DatasetImageRead, DatasetRead
+from app.services import dataset_images, quotas
 from app.services import datasets as service
-from app.services import quotas
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 
@@ -103,6 +105,72 @@ async def get_dataset(dataset_id: ObjectId, read: ReadAsTeam) -> Response:
         return as_json(DatasetRead.model_validate(dataset))
 
     return await read.get(Dataset, dataset_id, answer)
+
+
+@router.get("/{dataset_id}/images", response_model=PageOf[DatasetImageRead])
+async def list_dataset_images(
+    dataset_id: ObjectId,
+    read: ReadAsTeam,
+    storage: StorageDep,
+    class_name: Annotated[
+        str | None, Query(max_length=NAME_MAX_LENGTH, description="Only this class's images")
+    ] = None,
+    split: Annotated[
+        Literal["train", "val"] | None,
+        Query(description="Only this split's (datasets with an explicit train/val layout)"),
+    ] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> Response:
+    """A ready dataset's images, by class then path (409 while it is processing)."""
+
+    def answer(session: Session, team: Team, dataset: Dataset | None) -> Response:
+        dataset = found(dataset, "dataset", dataset_id, "dataset_id")
+        page = dataset_images.list_images(
+            storage, dataset, class_name=class_name, split=split, limit=limit, cursor=cursor
+        )
+        return as_json(page_of(DatasetImageRead, page))
+
+    return await read.get(Dataset, dataset_id, answer)
+
+
+@router.get(
+    "/{dataset_id}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/png": BINARY}, "description": "The image as a PNG"}},
+)
+async def get_dataset_thumbnail(
+    dataset_id: ObjectId,
+    read: ReadAsTeam,
+    storage: StorageDep,
+    path: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=1024,
+            description="The image's `path`, as GET …/images or a job report lists it",
+        ),
+    ],
+    size: Annotated[
+        int,
+        Query(
+            ge=dataset_images.THUMBNAIL_MIN,
+            le=dataset_images.THUMBNAIL_MAX,
+            description="The longest side in pixels",
+        ),
+    ] = 128,
+) -> Response:
+    """One of a ready dataset's images as a small PNG, for the dashboard (the images of a
+    job report's `misclassified` list are its dataset's)."""
+
+    def ready(session: Session, team: Team, dataset: Dataset | None) -> Dataset:
+        return found(dataset, "dataset", dataset_id, "dataset_id")
+
+    dataset = await read.get(Dataset, dataset_id, ready)
+    # Decoded after the read, so no pooled connection waits on Pillow.
+    png = await run_in_threadpool(dataset_images.thumbnail, storage, dataset, path, size)
+    # A ready dataset's images never change; the key is in the request, so private.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)

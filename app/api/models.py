@@ -18,7 +18,7 @@ from app.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from app.api.responses import as_json
+from app.api.responses import BINARY, as_json
 from app.api.uploads import multipart_body, read_files_form, stream_form
 from app.db.models import Model, Team
 from app.errors import InvalidInput, found
@@ -46,7 +46,6 @@ from app.services import predictions, quotas
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 MEDIA_TYPES = {"metadata": "application/json", "bundle": "application/zip"}
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
 FormatParam = Annotated[
     ArtifactFormat,
     Path(
@@ -83,8 +82,8 @@ async def get_model(model_id: ObjectId, read: ReadAsTeam) -> Response:
         200: {
             "description": "The file: JSON for `metadata`, a zip for `bundle`, else bytes",
             "content": {
-                "application/octet-stream": _BINARY,
-                "application/zip": _BINARY,
+                "application/octet-stream": BINARY,
+                "application/zip": BINARY,
                 "application/json": {"schema": {"type": "object"}},
             },
         }

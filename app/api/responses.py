@@ -13,3 +13,7 @@ from pydantic import BaseModel
 
 def as_json(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+# An OpenAPI media type whose body is a file (generated clients read it as bytes).
+BINARY = {"schema": {"type": "string", "format": "binary"}}

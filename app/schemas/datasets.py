@@ -108,3 +108,19 @@ class DatasetForm(InputModel):
         description="labeled: class folders; unlabeled: images only (domain adaptation)",
         examples=["labeled"],
     )
+
+
+class DatasetImageRead(OutputModel):
+    path: str = Field(
+        description="The image's path in the dataset; pass it to GET …/thumbnail",
+        examples=["images/cat/001.jpg"],
+    )
+    class_name: str | None = Field(
+        description="Its class (null in an unlabeled dataset)", examples=["cat"]
+    )
+    split: Literal["train", "val"] | None = Field(
+        description="Its split in an explicit train/val layout; null when split per job",
+        examples=["train"],
+    )
+    width: int = Field(description="Width in pixels, as uploaded", examples=[640])
+    height: int = Field(description="Height in pixels, as uploaded", examples=[480])

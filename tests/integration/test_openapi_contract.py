@@ -185,7 +185,11 @@ def generate_client(spec: dict[str, Any], root: Path) -> ModuleType:
     spec_path = root / "openapi.json"
     spec_path.write_text(json.dumps(spec))
     config = root / "openapi-python-client.yaml"
-    config.write_text("post_hooks: []\n")  # no ruff run over the generated code
+    # No ruff run over the generated code; a thumbnail's image/png is bytes like any file
+    # (the generator knows octet-stream only, and its documented override maps the type).
+    config.write_text(
+        "post_hooks: []\ncontent_type_overrides:\n  image/png: application/octet-stream\n"
+    )
     run = subprocess.run(
         [
             *(sys.executable, "-m", "openapi_python_client", "generate"),

@@ -1,0 +1,1 @@
+"""The dashboard and the API reference, served by the API from files in the package."""
