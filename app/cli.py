@@ -33,7 +33,13 @@ def _redact(url: str) -> str:
 def api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        access_log=get_settings().access_log,
+    )
     return 0
 
 

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # `GET /metrics` answers `Authorization: Bearer <this or the admin key>` only.
     metrics_token: SecretStr | None = None
 
+    # uvicorn's line per request on stderr; off behind a proxy that logs requests itself
+    # (it costs a tenth of a GET's time: bench/bench_api.py).
+    access_log: bool = True
+
     # Rate limits (app/rate_limits.py): a token bucket per API key (a burst of
     # rate_limit_burst, refilled at rate_limit_per_key a minute), and failed
     # authentications per client address. Storage: rate_limit_storage_url (redis://…,

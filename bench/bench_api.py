@@ -164,7 +164,8 @@ def http_part(seconds: int) -> list[list[str]]:
             ).text
             (root / "bare.py").write_text(BARE_APP)
             bare_cmd = [sys.executable, "-m", "uvicorn", "--app-dir", tmp, "bare:app"]
-            bare_cmd += ["--port", str(bare_port), "--log-level", "warning"]
+            # uvicorn's defaults, as `graft api` runs it (access log included).
+            bare_cmd += ["--port", str(bare_port)]
             with server(bare_cmd, {"BENCH_BODY": body}, bare_port, root / "bare.log") as bare:
                 cases = [
                     ("bare FastAPI, same job JSON", f"{bare}/v1/jobs/{ids['job']}", None),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, base_env, wait_for
-from tests.e2e.helpers import free_port
+from tests.e2e.helpers import free_port, server
 
 pytestmark = [
     pytest.mark.e2e,
@@ -91,3 +91,17 @@ def test_signal_to_serve_stops_its_worker(tmp_path: Path, sig: signal.Signals) -
             if pid is not None and alive(pid):
                 os.kill(pid, signal.SIGKILL)
         serve.wait()
+
+
+@pytest.mark.parametrize("access_log", ["true", "false"])
+def test_access_log_setting(tmp_path: Path, access_log: str) -> None:
+    """GRAFT_ACCESS_LOG turns uvicorn's line per request on and off in `graft api`."""
+    port = free_port()
+    env = base_env(
+        tmp_path, GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="", GRAFT_ACCESS_LOG=access_log
+    )
+    log = tmp_path / "api.log"
+    with server([sys.executable, "-m", "app.cli", "api", "--port", str(port)], env, port, log):
+        assert healthy(port)
+    lines = [line for line in log.read_text().splitlines() if "GET /healthz" in line]
+    assert (len(lines) > 0) == (access_log == "true"), lines
