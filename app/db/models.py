@@ -47,10 +47,13 @@ class ApiKey(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_team_id_sha256", "team_id", "sha256"),)
+    __table_args__ = (
+        Index("ix_datasets_team_id_sha256", "team_id", "sha256"),
+        Index("ix_datasets_team_id_id", "team_id", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20))
@@ -67,10 +70,15 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_team_id_status", "team_id", "status"),)
+    # A team's list pages read these in id order (keyset pagination), with or without
+    # a status filter: the page is the index's next rows, not a sort of the team's jobs.
+    __table_args__ = (
+        Index("ix_jobs_team_id_id", "team_id", "id"),
+        Index("ix_jobs_team_id_status_id", "team_id", "status", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     # A finished job outlives its dataset; the spec still names the dataset it used.
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True, nullable=True
@@ -112,9 +120,10 @@ class JobEvent(Base):
 
 class Model(Base):
     __tablename__ = "models"
+    __table_args__ = (Index("ix_models_team_id_id", "team_id", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
     name: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(20))

@@ -1,4 +1,5 @@
-"""A team's job list reads its page through an index (keyset pagination), never a scan.
+"""A team's job list reads its page through an index in id order (keyset pagination):
+never a scan, never a sort.
 
 The statement the repository really sends (captured as it runs) is EXPLAINed on
 PostgreSQL over 10,000 jobs of two teams.
@@ -20,7 +21,8 @@ from app.services.teams import create_team
 pytestmark = pytest.mark.postgres
 
 
-def test_the_status_filtered_list_uses_the_keyset_index(pg_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("status", ["running", None], ids=["filtered", "all"])
+def test_the_list_reads_its_page_in_index_order(pg_env: dict[str, str], status: str | None) -> None:
     with session_scope() as s:
         mine, other = create_team(s, "mine").id, create_team(s, "other").id
     now = utcnow()
@@ -54,17 +56,16 @@ def test_the_status_filtered_list_uses_the_keyset_index(pg_env: dict[str, str]) 
     event.listen(engine, "before_cursor_execute", capture)
     try:
         with session_scope() as s:
-            first = JobRepository(s).list_for_team(mine, status="running", limit=20, cursor=None)
+            first = JobRepository(s).list_for_team(mine, status=status, limit=20, cursor=None)
             assert len(first.items) == 20 and first.has_more
-            JobRepository(s).list_for_team(
-                mine, status="running", limit=20, cursor=first.next_cursor
-            )
+            JobRepository(s).list_for_team(mine, status=status, limit=20, cursor=first.next_cursor)
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     assert len(sent) == 2
     for statement, params in sent:
         with engine.connect() as conn:
             plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
-        # An index finds the page (which one is the planner's choice by the statistics:
-        # the primary key in id order, or (team_id, status)); never a scan of the table.
+        # An index hands over the page in id order: no scan of the table, and no sort of
+        # the team's rows (which cost 21 ms at 10,000 jobs before (team_id[, status], id)).
         assert "Index Scan" in plan and "Seq Scan" not in plan, plan
+        assert "Sort" not in plan and "Bitmap" not in plan, plan
