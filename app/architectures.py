@@ -33,6 +33,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture("resnet18", 224, num_blocks=4),
         Architecture("resnet50", 224, num_blocks=4),
+        Architecture("mobilenet_v2", 224, num_blocks=18),
         Architecture("mobilenet_v3_small", 224, num_blocks=12),
         Architecture("mobilenet_v3_large", 224, num_blocks=16),
         Architecture("efficientnet_b0", 224, num_blocks=8),

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from PIL import Image
 from sklearn.datasets import load_digits
 from torch import nn
-from torchvision.models import mobilenet_v3_small
+from torchvision.models import mobilenet_v2, mobilenet_v3_small
 
 from worker.export import pipeline
 from worker.export.evaluate import Normalization, torch_logits
@@ -274,10 +274,11 @@ def test_export_variants_raises_and_keeps_nothing_on_a_mismatch(
     assert list(target.iterdir()) == []
 
 
-def test_a_torchvision_model_exports_with_parity(data, tmp_path):
+@pytest.mark.parametrize("builder", [mobilenet_v3_small, mobilenet_v2])
+def test_a_torchvision_model_exports_with_parity(data, tmp_path, builder):
     train_set, val = data
     torch.manual_seed(0)
-    model = mobilenet_v3_small(weights=None, num_classes=10).eval()
+    model = builder(weights=None, num_classes=10).eval()
     small_val = ImageSet(val.images[:24], val.labels[:24], val.paths[:24])
 
     report = export_variants(

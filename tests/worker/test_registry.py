@@ -50,7 +50,9 @@ def test_builds_with_new_head_and_declared_blocks(name: str) -> None:
     assert not {id(p) for p in head.parameters()} & set().union(*ids)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "convnext_tiny"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "convnext_tiny"]
+)
 def test_feature_extractor_then_head_is_the_model(name: str) -> None:
     torch.manual_seed(0)
     model = build(name).eval()

@@ -96,6 +96,14 @@ _SPECS: dict[str, _Spec] = {
     "resnet50": _Spec(
         tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", _RESNET_BLOCKS, _none, 16
     ),
+    "mobilenet_v2": _Spec(
+        tvm.mobilenet_v2,
+        tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
+        "classifier.1",
+        _features_from(1),
+        _classifier_but_head,
+        16,
+    ),
     "mobilenet_v3_small": _Spec(
         tvm.mobilenet_v3_small,
         tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
@@ -242,9 +250,9 @@ def feature_extractor(model: nn.Module, name: str) -> nn.Module:
     tail = _classifier_but_head(model)
     # ConvNeXt's tail begins with a LayerNorm2d that wants the pooled 4-D map.
     flatten = [] if name == "convnext_tiny" else [nn.Flatten(1)]
-    return nn.Sequential(
-        model.get_submodule("features"), model.get_submodule("avgpool"), *flatten, *tail
-    )
+    # MobileNetV2 pools in its forward(), with no module of its own for it.
+    pool = model.avgpool if hasattr(model, "avgpool") else nn.AdaptiveAvgPool2d(1)
+    return nn.Sequential(model.get_submodule("features"), pool, *flatten, *tail)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

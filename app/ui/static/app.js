@@ -5,7 +5,7 @@
 
 const KEY = 'graft.apiKey';
 const SVG = 'http://www.w3.org/2000/svg';
-const ARCHITECTURES = ['resnet18', 'resnet50', 'mobilenet_v3_small', 'mobilenet_v3_large',
+const ARCHITECTURES = ['resnet18', 'resnet50', 'mobilenet_v2', 'mobilenet_v3_small', 'mobilenet_v3_large',
   'efficientnet_b0', 'convnext_tiny', 'vgg16', 'vit_b_16'];
 const ACTIVE = ['queued', 'running'];
 const TERMINAL = ['job.succeeded', 'job.failed', 'job.cancelled'];
