@@ -1,13 +1,14 @@
 """Routes for the dashboard (/ui/) and the API reference (/docs), both offline.
 
 The dashboard is one static page and its script (app/ui/static/); the reference is
-Swagger UI from the pinned `swagger-ui-bundle` package, which vendors its assets and
+Swagger UI from the pinned `swagger-ui-py` package, which vendors its assets and
 licence. Nothing is fetched from another origin, and every page answers with a
 Content-Security-Policy that allows only this one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -15,9 +16,19 @@ from fastapi.responses import FileResponse, RedirectResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
-from swagger_ui_bundle import swagger_ui_path
 
 HERE = Path(__file__).resolve().parent
+
+
+def _swagger_ui_assets() -> Path:
+    """The static folder of the pinned `swagger-ui-py` package (Swagger UI 5, which
+    renders OpenAPI 3.1; its Apache-2.0 LICENSE sits beside the assets). Found without
+    importing the package, whose modules are framework handlers we do not use."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed: pip install '.[server]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
 
 # blob: for images and downloads the page fetched with the key (an <img> cannot send
 # the Authorization header); data: for the icons inside Swagger UI's stylesheet.
@@ -57,5 +68,5 @@ def mount(app: FastAPI) -> None:
     async def docs_init() -> FileResponse:
         return FileResponse(HERE / "docs" / "init.js", headers=PAGE_HEADERS)
 
-    app.mount("/docs/assets", PageFiles(directory=str(swagger_ui_path)), name="docs_assets")
+    app.mount("/docs/assets", PageFiles(directory=str(_swagger_ui_assets())), name="docs_assets")
     app.mount("/ui", PageFiles(directory=str(HERE / "static"), html=True), name="ui")
