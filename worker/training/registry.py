@@ -251,7 +251,7 @@ def feature_extractor(model: nn.Module, name: str) -> nn.Module:
     # ConvNeXt's tail begins with a LayerNorm2d that wants the pooled 4-D map.
     flatten = [] if name == "convnext_tiny" else [nn.Flatten(1)]
     # MobileNetV2 pools in its forward(), with no module of its own for it.
-    pool = model.avgpool if hasattr(model, "avgpool") else nn.AdaptiveAvgPool2d(1)
+    pool = model.get_submodule("avgpool") if hasattr(model, "avgpool") else nn.AdaptiveAvgPool2d(1)
     return nn.Sequential(model.get_submodule("features"), pool, *flatten, *tail)
 
 
