@@ -309,12 +309,16 @@ class Models(_Resource):
         self,
         path: StrPath,
         architecture: str,
-        classes: Sequence[str],
+        classes: Sequence[str] | None = None,
         name: str | None = None,
         image_size: int | None = None,
+        kind: str = "model",
     ) -> _models.ModelRead:
-        """Upload a base model of the team's own: safetensors weights, architecture, classes."""
-        data = {"architecture": architecture, "classes": json.dumps(builtins.list(classes))}
+        """Upload a base model of the team's own: safetensors weights, architecture, and
+        its classes; or, with kind="backbone", a feature extractor without head or classes."""
+        data = {"architecture": architecture, "kind": kind}
+        if classes is not None:
+            data["classes"] = json.dumps(builtins.list(classes))
         if name is not None:
             data["name"] = name
         if image_size is not None:

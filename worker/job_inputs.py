@@ -70,6 +70,10 @@ def build_model(
     weights_path = storage.model_dir(job.base.id) / "model.safetensors"
     try:
         state = load_file(str(weights_path))
+        if job.base.kind == "backbone":
+            return registry.build_from_backbone(
+                cfg.architecture, cfg.num_classes, state, cfg.image_size
+            )
         model = registry.build_from_state(
             cfg.architecture, len(job.base.classes), state, cfg.image_size
         )

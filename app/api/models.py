@@ -113,7 +113,15 @@ async def download_artifact(
     response_model=ModelRead,
     openapi_extra=multipart_body(
         "Weights as a .safetensors file (pickle checkpoints are refused)",
-        required=["architecture", "classes"],
+        required=["architecture"],
+        kind={
+            "type": "string",
+            "enum": ["model", "backbone"],
+            "default": "model",
+            "description": "model: the whole network, its head sized for `classes`; backbone: "
+            "the feature extractor only (tensor names as in torchvision's model, no head)",
+            "examples": ["backbone"],
+        },
         architecture={
             "type": "string",
             "maxLength": 64,
@@ -123,7 +131,8 @@ async def download_artifact(
         classes={
             "type": "string",
             "description": f"JSON list of class names, in output order: at most {MAX_CLASSES} "
-            f"distinct names of 1-{NAME_MAX_LENGTH} printable characters",
+            f"distinct names of 1-{NAME_MAX_LENGTH} printable characters; required for "
+            "kind=model, absent for a backbone",
             "examples": ['["cat", "dog"]'],
         },
         name={
@@ -153,7 +162,7 @@ async def upload_model(
     form = await stream_form(request, storage, quotas.upload_limit(settings, team), ModelForm)
     fields, upload = form.fields, form.upload
     try:
-        class_list = _parse_classes(fields.classes)
+        class_list = _form_classes(fields.kind, fields.classes)
     except InvalidInput:
         form.discard()
         raise
@@ -164,6 +173,7 @@ async def upload_model(
         team,
         name=fields.name or clean_name(form.filename, "uploaded model"),
         architecture=fields.architecture,
+        kind=fields.kind,
         classes=class_list,
         image_size=fields.image_size,
         upload=upload,
@@ -241,6 +251,20 @@ async def predict(
         images=images,
     )
     return PredictResponse.model_validate(answer)
+
+
+def _form_classes(kind: str, raw: str | None) -> list[str]:
+    if kind == "backbone":
+        if raw is not None:
+            raise InvalidInput(
+                "A backbone has no classes: leave `classes` out (a job from it takes its "
+                "dataset's), or upload the whole model with kind=model.",
+                param="classes",
+            )
+        return []
+    if raw is None:
+        raise InvalidInput("Missing required field `classes`.", param="classes")
+    return _parse_classes(raw)
 
 
 def _parse_classes(raw: str) -> list[str]:

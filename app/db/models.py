@@ -127,6 +127,8 @@ class Model(Base):
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
     name: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(20))
+    # "model", or "backbone": uploaded weights without a head (and no classes).
+    kind: Mapped[str] = mapped_column(String(20), default="model", server_default="model")
     architecture: Mapped[str] = mapped_column(String(60))
     classes: Mapped[list[str]] = mapped_column(JSONType)
     preprocessing: Mapped[dict[str, Any]] = mapped_column(JSONType)

@@ -78,6 +78,11 @@ class ModelRead(OutputModel):
     source: Literal["job", "upload"] = Field(
         description="job: trained by a job; upload: a team's own base model", examples=["job"]
     )
+    kind: Literal["model", "backbone"] = Field(
+        description="model: a classifier with `classes`; backbone: an uploaded feature "
+        "extractor without a head (no classes; start jobs from it)",
+        examples=["model"],
+    )
     job_id: str | None = Field(
         description="The job that produced it; null for an upload",
         examples=["job_0193a1b2c3d4e5f6a7b8c9d0"],
@@ -199,8 +204,17 @@ class ModelForm(InputModel):
     architecture: ObjectId = Field(
         description="The registry architecture the weights are for", examples=["resnet18"]
     )
-    classes: str = Field(
-        description='JSON list of class names, e.g. ["cat", "dog"]', examples=['["cat", "dog"]']
+    kind: Literal["model", "backbone"] = Field(
+        "model",
+        description="model: the whole network, its head sized for `classes`; backbone: the "
+        "feature extractor only (no head, no classes), a job gives it a fresh head",
+        examples=["model"],
+    )
+    classes: str | None = Field(
+        None,
+        description='JSON list of class names, e.g. ["cat", "dog"]; required for kind=model, '
+        "absent for a backbone",
+        examples=['["cat", "dog"]'],
     )
     name: Name | None = Field(
         None,

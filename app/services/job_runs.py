@@ -62,6 +62,7 @@ class BaseModelRef:
     id: str
     architecture: str
     classes: list[str]
+    kind: str = "model"  # or "backbone": no head, the job builds a fresh one
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def claim(
             message = f"The base model {spec.base_model} no longer exists."
             _end(session, lease, "failed", {"code": "base_model_not_found", "message": message})
             return None
-        base = BaseModelRef(row.id, row.architecture, list(row.classes))
+        base = BaseModelRef(row.id, row.architecture, list(row.classes), row.kind)
     record_event(
         session,
         job_id,

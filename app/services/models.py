@@ -21,6 +21,7 @@ from app.repositories.base import Page
 from app.repositories.models import ModelRepository
 from app.services import quotas
 from app.services.datasets import Upload
+from app.services.model_weights import Kind, check_tensors
 from app.storage import Storage, artifacts_size, describe_file, write_json
 
 # The largest safetensors header we accept; real ones are a few hundred KB at most.
@@ -106,6 +107,7 @@ def upload_model(
     *,
     name: str,
     architecture: str,
+    kind: Kind,
     classes: list[str],
     image_size: int | None,
     upload: Upload,
@@ -120,7 +122,8 @@ def upload_model(
             param="architecture",
         )
     try:
-        read_safetensors_header(upload.path)
+        header = read_safetensors_header(upload.path)
+        check_tensors(header, arch.name, kind, len(classes) or None)
         quotas.check_can_store(session, get_settings(), team, upload.size, new_dataset=False)
     except AppError:
         upload.path.unlink(missing_ok=True)
@@ -139,6 +142,7 @@ def upload_model(
         "num_classes": len(classes),
         "preprocessing": prep,
         "source": "upload",
+        "kind": kind,
     }
     write_json(directory / "metadata.json", metadata)
     artifacts = [
@@ -151,6 +155,7 @@ def upload_model(
         job_id=None,
         name=name,
         source="upload",
+        kind=kind,
         architecture=arch.name,
         classes=classes,
         preprocessing=prep,

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from safetensors.numpy import save
 from sqlalchemy import update
 
 from graft import (
@@ -35,6 +33,7 @@ from graft import (
 )
 from graft._progress import job_line
 from tests.conftest import ADMIN_KEY, Api, configure, digits_images, zip_dataset
+from tests.weights import weights
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -83,7 +82,7 @@ def dataset_id(client: Client, tmp_path: Path) -> str:
 
 def weights_file(tmp_path: Path) -> Path:
     path = tmp_path / "base.safetensors"
-    path.write_bytes(save({"fc.weight": np.zeros((2, 512), dtype=np.float32)}))
+    path.write_bytes(weights())
     return path
 
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.conftest import Api, digits_images, zip_dataset
+from tests.weights import weights as resnet18_weights
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -257,9 +258,6 @@ class _Exploit:
 def test_model_upload_takes_safetensors_only(api: Api, tmp_path: Any) -> None:
     import pickle
 
-    import numpy as np
-    from safetensors.numpy import save
-
     key = api.new_team()
     marker = tmp_path / "pwned"
     evil = pickle.dumps({"state_dict": _Exploit(str(marker))})
@@ -273,7 +271,7 @@ def test_model_upload_takes_safetensors_only(api: Api, tmp_path: Any) -> None:
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_checkpoint"
     assert not marker.exists()
     assert api.as_team(key, "GET", "/v1/models").json()["data"] == []
-    weights = save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
+    weights = resnet18_weights()
     bad_classes = api.as_team(
         key,
         "POST",

@@ -13,12 +13,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from safetensors.numpy import save
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -37,6 +35,7 @@ from tests.conftest import (
     require_server,
 )
 from tests.e2e.helpers import train_job, upload, upload_model
+from tests.weights import weights as resnet18_weights
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -68,7 +67,7 @@ def stack(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         key = api.new_team(f"fuzz-{uuid.uuid4().hex[:6]}")
         ds = upload(api, key, digits_images(per_class=6))
         job = train_job(api, key, ds["id"], hyperparameters={"epochs": 1, "image_size": 16})
-        weights = save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
+        weights = resnet18_weights()
         model = upload_model(api, key, weights, '["a", "b"]')
         yield {"api": api, "key": key, "ids": (ds["id"], job["id"], model["id"])}
     os.environ.clear()

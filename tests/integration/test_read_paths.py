@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
-from safetensors.numpy import save
 
 from app.db.base import utcnow
 from app.db.models import ApiKey
@@ -23,6 +21,7 @@ from app.schemas.jobs import JobRead
 from app.schemas.models import ModelRead
 from tests.conftest import Api, digits_images
 from tests.e2e.helpers import train_job, upload, upload_model
+from tests.weights import weights as resnet18_weights
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -59,7 +58,7 @@ def objects(api: Api) -> dict[str, Any]:
     key = api.new_team()
     ds = upload(api, key, digits_images(per_class=6))
     job = train_job(api, key, ds["id"], hyperparameters={"epochs": 1, "image_size": 16})
-    weights = save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
+    weights = resnet18_weights()
     model = upload_model(api, key, weights, '["a", "b"]')
     return {"key": key, "dataset": ds, "job": job, "model": model}
 

@@ -10,9 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from safetensors.numpy import save
 from sqlalchemy import func, select, update
 
 from app.db.base import utcnow
@@ -20,6 +18,7 @@ from app.db.models import ApiKey, Job, JobEvent
 from app.db.session import session_scope
 from tests.conftest import ADMIN_KEY, Api, configure, digits_images
 from tests.e2e.helpers import train_job, upload, upload_model
+from tests.weights import weights as resnet18_weights
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -42,7 +41,7 @@ def new_key(api: Api, team_id: str, **body: Any) -> dict[str, Any]:
 
 
 def weights() -> bytes:
-    return save({"fc.weight": np.zeros((2, 512), dtype=np.float32)})
+    return resnet18_weights()
 
 
 @pytest.fixture

@@ -212,6 +212,28 @@ def build_from_state(
     return model
 
 
+def build_from_backbone(
+    name: str, num_classes: int, state_dict: dict[str, Any], image_size: int
+) -> nn.Module:
+    """A model whose every layer but the head comes from `state_dict` (backbone-only
+    weights, checked at upload); the head is fresh, for `num_classes`. BatchNorm's
+    batch counters may be absent (torch then starts them at 0)."""
+    _check_image_size(name, image_size, pretrained=False)
+    model = _construct(name, num_classes, image_size)
+    result = model.load_state_dict(state_dict, strict=False)
+    head = _spec(name).head + "."
+    missing = [
+        k for k in result.missing_keys
+        if not k.startswith(head) and not k.endswith(".num_batches_tracked")
+    ]  # fmt: skip
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"backbone weights do not fit {name}: missing {missing[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    return model
+
+
 def replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
     """Swap the final Linear for a freshly initialised one with `num_classes` outputs."""
     old = head(model, name)
