@@ -39,6 +39,7 @@ def api(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         access_log=get_settings().access_log,
+        timeout_graceful_shutdown=get_settings().api_shutdown_seconds,
     )
     return 0
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # uvicorn's line per request on stderr; off behind a proxy that logs requests itself
     # (it costs a tenth of a GET's time: bench/bench_api.py).
     access_log: bool = True
+    # On SIGTERM the API finishes requests for this long, then closes what is still
+    # open (event streams never end by themselves; their clients resume by event id).
+    api_shutdown_seconds: int = Field(5, ge=0, le=300)
 
     # Rate limits (app/rate_limits.py): a token bucket per API key (a burst of
     # rate_limit_burst, refilled at rate_limit_per_key a minute), and failed

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import ADMIN_KEY, Api, configure, digits_images, zip_dataset
 from tests.unit.test_inference import write_model
+from tests.weights import weights
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -213,11 +213,6 @@ def test_a_missing_or_non_object_body_is_named_plainly(api: Api, key: str) -> No
 # -- predict ----------------------------------------------------------------------------
 
 
-def safetensors_bytes() -> bytes:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
-    return struct.pack("<Q", len(header)) + header + b"\x00" * 4
-
-
 @pytest.fixture
 def served_model(api: Api, key: str, pg_env: dict[str, str]) -> str:
     """An uploaded model given a tiny hand-built ONNX variant (no training)."""
@@ -229,7 +224,7 @@ def served_model(api: Api, key: str, pg_env: dict[str, str]) -> str:
         key,
         "POST",
         "/v1/models",
-        files={"file": ("m.safetensors", safetensors_bytes())},
+        files={"file": ("m.safetensors", weights(classes=3))},
         data={
             "architecture": "resnet18",
             "classes": '["red", "green", "blue"]',
