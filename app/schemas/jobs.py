@@ -48,6 +48,13 @@ class Hyperparameters(InputModel):
     label_smoothing: float = Field(
         0.0, ge=0, le=0.5, description="Cross-entropy label smoothing, 0 for none", examples=[0.1]
     )
+    class_weighting: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: a weighted cross-entropy, each class weighted n / (classes x "
+        "its count) over the training split, so every class counts the same in the loss "
+        "(for imbalanced datasets); none: every image counts the same",
+        examples=["balanced"],
+    )
     augmentation: Literal["none", "light", "strong"] = Field(
         "light",
         description="Training-image augmentation: none; light (random resized crop and "

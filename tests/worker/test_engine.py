@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.metrics import classification_report as sk_report
 from sklearn.metrics import confusion_matrix as sk_confusion
 from torch import nn
@@ -193,6 +194,33 @@ def test_report_agrees_with_sklearn(small_split: tuple[ImageSet, ImageSet], tmp_
     assert r["macro_avg"]["f1"] == pytest.approx(sk["macro avg"]["f1-score"])
     assert r["misclassified_total"] == int((y_pred != val.labels).sum())
     assert r["stop_reason"] is None
+    assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(val.labels, y_pred))
+    assert r["macro_f1"] == pytest.approx(f1_score(val.labels, y_pred, average="macro"))
+    # Every epoch's metrics carry them too: the kept epoch's are the report's.
+    last = result.history[result.best_epoch - 1].as_dict()
+    assert last["val_macro_f1"] == pytest.approx(
+        f1_score(val.labels, y_pred, labels=range(10), average="macro", zero_division=0)
+    )
+    assert last["val_balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(val.labels, y_pred)
+    )
+
+
+def test_balanced_class_weighting_weighs_each_class_the_same(
+    small_split: tuple[ImageSet, ImageSet], tmp_path: Path
+) -> None:
+    train, val = small_split
+    keep = np.flatnonzero((train.labels != 3) | (np.arange(len(train)) % 4 == 0))
+    imbalanced = ImageSet(train.images[keep], train.labels[keep], [train.paths[i] for i in keep])
+    cfg = tiny_config(strategy="linear_probe", epochs=1, class_weighting="balanced")
+    trainer = engine.Trainer(new_model(cfg), cfg, Hooks(), tmp_path, CPU, 1)
+    trainer.set_data(imbalanced, val, feature_cache=False)
+    counts = np.bincount(imbalanced.labels, minlength=10)
+    weight = trainer.criterion.weight
+    assert weight is not None
+    # n / (classes * count): the rare class weighs more, and each class sums to n / classes.
+    assert (weight.numpy() * counts) == pytest.approx(np.full(10, len(keep) / 10))
+    assert weight[3] > weight[0]
 
 
 def test_max_runtime_stops_after_the_epoch_that_ran_over(

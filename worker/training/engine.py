@@ -497,6 +497,14 @@ class Trainer:
 
     def set_data(self, train: ImageSet, val: ImageSet, feature_cache: bool) -> None:
         cfg, device = self.cfg, self.device
+        self.val_labels = np.asarray(val.labels, dtype=np.int64)
+        if cfg.class_weighting == "balanced":
+            # A weighted loss, not a resampler: every image is still seen once an epoch.
+            weights = metrics.balanced_class_weights(train.labels, cfg.num_classes)
+            self.criterion = nn.CrossEntropyLoss(
+                weight=torch.tensor(weights, dtype=torch.float32, device=device),
+                label_smoothing=cfg.label_smoothing,
+            )
         if cfg.strategy == "linear_probe" and feature_cache:
             feats = self._features(train, val)
             self.module = registry.head(self.model, cfg.architecture)
@@ -568,8 +576,9 @@ class Trainer:
             meter=self.meter,
             on_preempt=on_preempt,
         )
-        val_loss, val_acc, _ = _evaluate_inputs(self.module, self.val_in, self.precision)
+        val_loss, val_acc, probs = _evaluate_inputs(self.module, self.val_in, self.precision)
         state.elapsed_seconds = time.monotonic() - self.run_start
+        scores = metrics.balanced_scores(self.val_labels, probs.argmax(1), self.cfg.num_classes)
         return EpochMetrics(
             epoch=epoch,
             train_loss=float(totals.loss_sum) / totals.seen,
@@ -578,6 +587,7 @@ class Trainer:
             val_accuracy=val_acc,
             learning_rate=self.optimizer.param_groups[-1]["lr"],
             seconds=time.monotonic() - epoch_start,
+            extra={f"val_{name}": value for name, value in scores.items()},
         )
 
     def checkpoint(

@@ -32,6 +32,9 @@ def classification_report(
     support = cm.sum(axis=1)
     return {
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
+        # The mean of per-class recalls: what accuracy would be on balanced classes.
+        "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
+        "macro_f1": float(f1.mean()),
         "num_samples": len(y_true),
         "per_class": [
             {
@@ -51,6 +54,27 @@ def classification_report(
         "confusion_matrix": {"labels": list(class_names), "matrix": cm.tolist()},
         **_misclassified(y_true, y_pred, probs, class_names, paths, max_misclassified),
     }
+
+
+def balanced_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Balanced accuracy (mean recall over the classes present) and macro F1."""
+    cm = confusion_matrix(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64), num_classes)
+    _, recall, f1 = _per_class_scores(cm)
+    present = cm.sum(axis=1) > 0
+    return {
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1.mean()),
+    }
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights, n / (classes * count): each class weighs the
+    same in the loss in all (a class absent from training gets weight 0)."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
 
 
 def _per_class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

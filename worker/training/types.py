@@ -36,6 +36,7 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    class_weighting: Literal["none", "balanced"] = "none"
     augmentation: Literal["none", "light", "strong"] = "light"
     random_invert: float = 0.0  # probability, where augmentation applies
     image_size: int = 224
