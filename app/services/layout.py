@@ -115,7 +115,7 @@ def class_warnings(
                 "class_imbalance",
                 f"The largest class ({big!r}, {n_big}) has over {MAX_IMBALANCE:g} times "
                 f"the images of the smallest ({small!r}, {n_small}): a ratio of "
-                f"{n_big / n_small:.1f} to 1. Consider `class_weighting: \"balanced\"`.",
+                f'{n_big / n_small:.1f} to 1. Consider `class_weighting: "balanced"`.',
             )
         )
     if any(split is not None for _, split in kept):
