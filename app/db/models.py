@@ -62,6 +62,9 @@ class Dataset(Base):
     splits: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    near_duplicates: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONType, default=list, server_default="[]"
+    )
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

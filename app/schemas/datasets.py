@@ -30,12 +30,30 @@ class Rejected(OutputModel):
 
 class Warning_(OutputModel):
     code: str = Field(
-        description="small_class, empty_class, class_imbalance, missing_in_val, missing_in_train",
+        description="small_class, empty_class, class_imbalance, missing_in_val, "
+        "missing_in_train, conflicting_labels, train_val_leakage",
         examples=["small_class"],
     )
     message: str = Field(
         description="The warning, naming the class",
         examples=["Class 'cat' has 3 images; fewer than 5."],
+    )
+
+
+class NearDuplicate(OutputModel):
+    kind: Literal["conflicting_labels", "train_val_leakage"] = Field(
+        description="conflicting_labels: the two have different classes; train_val_leakage: "
+        "one is in train, the other in val",
+        examples=["conflicting_labels"],
+    )
+    a: str = Field(
+        description="One image's path (the first by name)", examples=["images/cat/1.jpg"]
+    )
+    b: str = Field(description="The other image's path", examples=["images/dog/7.jpg"])
+    label_a: str | None = Field(description="The class of `a`", examples=["cat"])
+    label_b: str | None = Field(description="The class of `b`", examples=["dog"])
+    distance: int = Field(
+        description="Bits in which their 64-bit perceptual hashes differ (0 to 4)", examples=[2]
     )
 
 
@@ -72,6 +90,11 @@ class DatasetRead(OutputModel):
     )
     warnings: list[Warning_] = Field(
         description="Problems that do not stop training (small or imbalanced classes)",
+        examples=[[]],
+    )
+    near_duplicates: list[NearDuplicate] = Field(
+        description="Near-identical images (perceptual hash within 4 bits) under two classes, "
+        "or in both train and val; closest first, at most 1,000 (the warnings count them all)",
         examples=[[]],
     )
     error: dict[str, str | None] | None = Field(

@@ -193,6 +193,7 @@ def apply_report(dataset: Dataset, report: IngestReport) -> None:
     dataset.splits = data.get("splits")
     dataset.rejected = list(data["rejected"])
     dataset.warnings = list(data["warnings"])
+    dataset.near_duplicates = list(data["near_duplicates"])
 
 
 def get_dataset(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from app.imaging import load_rgb
+from app.services.near_duplicates import phash
 
 # Pillow openers to try; the JPEG one also opens the MPO files many cameras write.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -46,6 +47,7 @@ class ImageInfo:
     width: int
     height: int
     format: str
+    phash: str | None = None  # perceptual hash, from a full decode (inspect_image)
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,7 @@ def inspect_image(data: bytes, *, max_pixels: int, min_side: int) -> ImageInfo:
         # Someone in this process turned it on; truncated files would then pass as good.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for ingestion")
     info = check_header(data, max_pixels=max_pixels, min_side=min_side)
-    decode_rgb(data)
-    return info
+    return replace(info, phash=phash(decode_rgb(data)))
 
 
 def check_header(data: bytes, *, max_pixels: int | None, min_side: int = 1) -> ImageInfo:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.errors import InvalidInput
+from app.services import near_duplicates
 from app.services.archive import ArchiveLimits, ExtractedFile, MiB, extract_archive
 from app.services.images import ImageInfo, ImageRejected, Rejection, inspect_image, is_hidden
 from app.services.layout import (
@@ -92,6 +93,7 @@ class IngestReport:
     splits: dict[str, int] | None
     rejected: list[Rejection]
     warnings: list[IngestWarning]
+    near_duplicates: list[dict[str, Any]]
     sha256: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +212,16 @@ def _manifest(
     kept = [(a.placement.label, a.placement.split) for a in accepted if a.placement.label]
     warnings = class_warnings(kept, set(layout.classes) - set(classes))
     items = sorted(accepted, key=lambda a: (a.placement.label or "", a.placement.rel))
+    pairs, totals = near_duplicates.find_pairs(
+        [
+            near_duplicates.Hashed(
+                f"images/{a.placement.rel}", a.placement.label, a.placement.split, a.info.phash
+            )
+            for a in items
+            if a.info.phash is not None
+        ]
+    )
+    warnings += near_duplicates.warnings(totals, pairs)
     return {
         "version": MANIFEST_VERSION,
         "kind": kind,
@@ -218,6 +230,7 @@ def _manifest(
         "items": [_item(a, index) for a in items],
         "rejected": [dataclasses.asdict(r) for r in sorted(rejected, key=lambda r: r.path)],
         "warnings": [dataclasses.asdict(w) for w in warnings],
+        "near_duplicates": [dataclasses.asdict(p) for p in pairs],
         "num_images": len(items),
     }
 
@@ -231,6 +244,7 @@ def _item(accepted: _Accepted, index: dict[str, int]) -> dict[str, Any]:
         "sha256": accepted.sha256,
         "width": accepted.info.width,
         "height": accepted.info.height,
+        "phash": accepted.info.phash,
     }
 
 
@@ -251,6 +265,7 @@ def _report(manifest: dict[str, Any], archive_sha256: str) -> IngestReport:
         ),
         rejected=[Rejection(**r) for r in manifest["rejected"]],
         warnings=[IngestWarning(**w) for w in manifest["warnings"]],
+        near_duplicates=list(manifest.get("near_duplicates", [])),
         sha256=archive_sha256,
     )
 

@@ -220,6 +220,7 @@ def test_report_to_dict_is_json_ready(tmp_path):
         "splits",
         "rejected",
         "warnings",
+        "near_duplicates",
         "sha256",
     }
 

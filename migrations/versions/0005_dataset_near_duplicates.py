@@ -1,0 +1,31 @@
+"""a dataset's near-duplicate pairs (conflicting labels, train/val leakage)
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-01 15:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("near_duplicates", JSON, server_default="[]", nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.drop_column("near_duplicates")
