@@ -198,6 +198,11 @@ def test_report_agrees_with_sklearn(small_split: tuple[ImageSet, ImageSet], tmp_
     assert r["macro_f1"] == pytest.approx(f1_score(val.labels, y_pred, average="macro"))
     # Every epoch's metrics carry them too: the kept epoch's are the report's.
     last = result.history[result.best_epoch - 1].as_dict()
+    # Suspected wrong labels of the training images, each a real training path.
+    assert r["label_issues_total"] >= len(r["label_issues"])
+    train_paths = set(small_split[0].paths)
+    assert all(s["path"] in train_paths for s in r["label_issues"])
+    assert "cleanlab" in r["label_issues_method"]
     assert last["val_macro_f1"] == pytest.approx(
         f1_score(val.labels, y_pred, labels=range(10), average="macro", zero_division=0)
     )

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.training import augment, checkpoint, features, metrics, registry, strategies
+from worker.training import (
+    augment,
+    checkpoint,
+    features,
+    label_issues,
+    metrics,
+    registry,
+    strategies,
+)
 from worker.training.types import (
     EpochMetrics,
     FitResult,
@@ -655,8 +663,27 @@ class Trainer:
             stop_reason=ckpt["stop_reason"],
         )
 
+    def _label_issues(self, train: ImageSet, class_names: list[str]) -> dict[str, Any]:
+        """Suspected wrong labels among the training images, from the kept model's
+        features (the job's cache for a linear probe; one pass over the images else)."""
+        if isinstance(self.train_in, FeatureInputs):
+            feats = self.train_in.feats
+        else:
+            extractor = registry.feature_extractor(self.model, self.cfg.architecture)
+            inputs = ImageInputs(train, self.cfg, self.device, augmentation="none")
+            feats, _ = _logits(extractor, inputs, self.precision, EVAL_BATCH_SIZE)
+        flat = feats.float().flatten(1).cpu().numpy()
+        return label_issues.label_issues(
+            flat, np.asarray(train.labels), class_names, train.paths, self.cfg.seed
+        )
+
     def result(
-        self, state: RunState, val: ImageSet, class_names: list[str], resumed_from: int | None
+        self,
+        state: RunState,
+        train: ImageSet,
+        val: ImageSet,
+        class_names: list[str],
+        resumed_from: int | None,
     ) -> FitResult:
         """The best epoch's weights, loaded back into the model, and their report on val."""
         self.model.load_state_dict(state.best.state_dict)
@@ -665,6 +692,7 @@ class Trainer:
             np.asarray(val.labels), probs.argmax(1), probs, class_names, val.paths
         )
         report["stop_reason"] = state.stop_reason
+        report.update(self._label_issues(train, class_names))
         return FitResult(
             best_epoch=state.best.epoch,
             state_dict=state.best.state_dict,
@@ -749,4 +777,4 @@ def fit(
         state.record(m, model, cfg)
         trainer.checkpoint(state)
         hooks.on_epoch_end(m)
-    return trainer.result(state, val, class_names, resumed_from)
+    return trainer.result(state, train, val, class_names, resumed_from)

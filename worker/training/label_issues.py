@@ -1,0 +1,88 @@
+"""Suspected label errors among a job's training images, found with cleanlab.
+
+Confident learning (Northcutt et al., JAIR 2021, as cleanlab's `find_label_issues`)
+needs out-of-sample predicted probabilities for every training image. They come from
+a cross-validated linear probe on the trained model's features: the images are split
+into folds, a logistic regression fits on all folds but one and predicts that one,
+so no image is judged by a probe that saw its label. It is cheap next to training
+(the features of a linear probe are the job's own cache) and independent of how
+well the network itself memorised its training labels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+FOLDS = 5
+# Suspects listed in a report (the total counts them all).
+MAX_LISTED = 100
+# Past this many training images the search is skipped: their features are held in
+# memory (up to 4096 floats each) and each fold fits a probe on them.
+MAX_IMAGES = 20_000
+METHOD = (
+    f"cleanlab find_label_issues (prune_by_noise_rate) on {FOLDS}-fold out-of-sample "
+    "probabilities of a logistic regression on the trained model's features"
+)
+
+
+def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """Each image's class probabilities from a probe fitted without it (labels 0..K-1,
+    every class present at least twice)."""
+    folds = int(min(FOLDS, np.bincount(labels).min()))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings on tiny folds
+        probs = cross_val_predict(probe, features, labels, cv=cv, method="predict_proba")
+    return np.asarray(probs, dtype=np.float64)
+
+
+def label_issues(
+    features: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    paths: list[str],
+    seed: int,
+) -> dict[str, Any]:
+    """{"label_issues": [{path, given_label, suggested_label, score}, ...] worst first,
+    "label_issues_total", "label_issues_method"}; "label_issues_skipped" says why
+    there are none when the search could not run."""
+    labels = np.asarray(labels, dtype=np.int64)
+    present = np.unique(labels)
+    counts = np.bincount(labels, minlength=len(class_names))[present]
+    if len(present) < 2 or counts.min() < 2 or len(labels) > MAX_IMAGES:
+        why = (
+            f"over {MAX_IMAGES} training images"
+            if len(labels) > MAX_IMAGES
+            else "needs two classes with at least two training images each"
+        )
+        return {"label_issues": [], "label_issues_total": 0, "label_issues_skipped": why}
+    # Re-indexed so that the probabilities' columns are the classes present, in order.
+    dense = np.searchsorted(present, labels)
+    probs = out_of_sample_probs(np.asarray(features, dtype=np.float32), dense, seed)
+    ranked = find_label_issues(dense, probs, return_indices_ranked_by="self_confidence")
+    quality = get_label_quality_scores(dense, probs)
+    listed = [
+        {
+            "path": paths[i],
+            "given_label": class_names[present[dense[i]]],
+            "suggested_label": class_names[present[int(probs[i].argmax())]],
+            # Low is suspect: the out-of-sample probability of the given label.
+            "label_quality": float(quality[i]),
+        }
+        for i in ranked[:MAX_LISTED]
+    ]
+    return {
+        "label_issues": listed,
+        "label_issues_total": len(ranked),
+        "label_issues_method": METHOD,
+    }
