@@ -257,6 +257,9 @@ def test_the_succeeded_job_shows_its_report(page: Any, service: dict[str, Any]) 
             "() => [...document.querySelectorAll('#misclassified img')]"
             ".every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)",
         )
+    # The suspected label errors of the report, one figure each (the job JSON's first 24).
+    suspects = report["label_issues"][:24]
+    assert page.locator("#label-issues figure").count() == len(suspects)
     log = page.locator("#event-log li").evaluate_all("ls => ls.map(l => l.dataset.type)")
     events = api(service, "GET", f"/v1/jobs/{job['id']}/events").json()
     assert log == [e["type"] for e in events]

@@ -362,6 +362,13 @@ async function datasetView(id, v) {
   add(main, section('Warnings', d.warnings.length
     ? h('ul', { id: 'warnings' }, d.warnings.map((w) => h('li', {}, h('code', {}, w.code), ' ', w.message)))
     : h('p', { class: 'empty' }, 'No warnings.')));
+  if (d.near_duplicates && d.near_duplicates.length) {
+    add(main, section(`Near-duplicate images (${d.near_duplicates.length})`,
+      table(['Kind', 'Image', 'Class', 'Image', 'Class', 'Distance'], d.near_duplicates.map((p) => h('tr', {},
+        h('td', {}, p.kind === 'conflicting_labels' ? 'conflicting labels' : 'train/val leakage'),
+        h('td', {}, h('code', {}, p.a)), h('td', {}, p.label_a || ''), h('td', {}, h('code', {}, p.b)),
+        h('td', {}, p.label_b || ''), h('td', {}, p.distance))), { id: 'near-duplicates' })));
+  }
   add(main, section(`Rejected files (${d.rejected.length})`, d.rejected.length
     ? table(['File', 'Reason', 'Detail'], d.rejected.map((r) => h('tr', {}, h('td', {}, h('code', {}, r.path)),
       h('td', {}, r.reason), h('td', {}, r.detail || ''))), { id: 'rejected' })
@@ -614,6 +621,14 @@ function renderReport(into, job) {
         thumbnail(job.spec.dataset_id, m.path, m.path),
         h('figcaption', {}, h('span', {}, `true ${m.true_label}`), h('span', {}, `predicted ${m.predicted_label}`), h('span', {}, pct(m.confidence))))))
       : h('p', { class: 'empty' }, 'None: every validation image was classified right.')));
+  }
+  if (r.label_issues) {
+    const shown = r.label_issues.slice(0, 24);
+    add(into, section(`Suspected label errors in training (${r.label_issues_total ?? shown.length})`, shown.length
+      ? h('div', { class: 'thumbs', id: 'label-issues' }, shown.map((m) => h('figure', { class: 'mistake' },
+        thumbnail(job.spec.dataset_id, m.path, m.path),
+        h('figcaption', {}, h('span', {}, `labelled ${m.given_label}`), h('span', {}, `looks like ${m.suggested_label}`), h('span', {}, `quality ${fixed(m.label_quality, 2)}`)))))
+      : h('p', { class: 'empty' }, r.label_issues_skipped ? `Not searched: ${r.label_issues_skipped}.` : 'None found.')));
   }
   if (r.export) {
     const e = r.export;
