@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, base_env
-from tests.e2e.helpers import free_port, server
+from tests.e2e.helpers import embedded_service
 
 CHROMIUM = os.environ.get("GRAFT_TEST_CHROMIUM", "/usr/bin/chromium")
 # Playwright's own browser download cannot work offline: drive Debian's, quietly.
@@ -60,19 +57,11 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`graft serve` on the embedded defaults, with a team and its key."""
-    root = tmp_path_factory.mktemp("browser")
     # Every archive over 1 KiB is ingested by the worker, so a dataset's page shows
     # `processing` first and polls, as a large upload does.
-    env = base_env(
-        root, GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="", GRAFT_INLINE_INGEST_BYTES="1024"
-    )
-    port = free_port()
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-    with server(cmd, env, port, root / "serve.log") as url:
-        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        team = httpx.post(f"{url}/v1/teams", json={"name": "browser"}, headers=admin).json()
-        key = httpx.post(f"{url}/v1/teams/{team['id']}/keys", headers=admin).json()["key"]
-        yield {"url": url, "key": key, "root": root, "log": root / "serve.log"}
+    root = tmp_path_factory.mktemp("browser")
+    with embedded_service(root, "browser", GRAFT_INLINE_INGEST_BYTES="1024") as service:
+        yield service
 
 
 def _local_only(route: Any) -> None:

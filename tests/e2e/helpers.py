@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO, Api, wait_for, zip_dataset
+from tests.conftest import ADMIN_KEY, REPO, Api, base_env, wait_for, zip_dataset
 
 SIZE = 16
 
@@ -138,3 +139,17 @@ def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterato
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+@contextmanager
+def embedded_service(root: Path, team: str, **env_extra: str) -> Iterator[dict[str, Any]]:
+    """`graft serve` on the embedded defaults (its real worker), with a team and its key:
+    {"url", "key", "root", "log"}."""
+    env = base_env(root, GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="", **env_extra)
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    with server(cmd, env, port, root / "serve.log") as url:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        made = httpx.post(f"{url}/v1/teams", json={"name": team}, headers=admin).json()
+        key = httpx.post(f"{url}/v1/teams/{made['id']}/keys", headers=admin).json()["key"]
+        yield {"url": url, "key": key, "root": root, "log": root / "serve.log"}

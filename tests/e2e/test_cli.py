@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, REPO, base_env, digits_images
-from tests.e2e.helpers import free_port, server
+from tests.conftest import REPO, digits_images
+from tests.e2e.helpers import embedded_service
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +26,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`graft serve` on the embedded defaults, with a team and its key."""
-    root = tmp_path_factory.mktemp("cli")
-    env = base_env(root, GRAFT_DATABASE_URL="", GRAFT_BROKER_URL="")
-    port = free_port()
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-    with server(cmd, env, port, root / "serve.log") as url:
-        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        team = httpx.post(f"{url}/v1/teams", json={"name": "cli"}, headers=admin).json()
-        key = httpx.post(f"{url}/v1/teams/{team['id']}/keys", headers=admin).json()["key"]
-        yield {"url": url, "key": key, "root": root}
+    with embedded_service(tmp_path_factory.mktemp("cli"), "cli") as service:
+        yield service
 
 
 def graft(
