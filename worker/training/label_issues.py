@@ -15,12 +15,9 @@ import warnings
 from typing import Any
 
 import numpy as np
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+
+# cleanlab and scikit-learn are imported where they are used: together they cost a
+# worker process 2.5 s at start-up, and only a finishing job needs them.
 
 FOLDS = 5
 # Suspects listed in a report (the total counts them all).
@@ -37,6 +34,11 @@ METHOD = (
 def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
     """Each image's class probabilities from a probe fitted without it (labels 0..K-1,
     every class present at least twice)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     folds = int(min(FOLDS, np.bincount(labels).min()))
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -56,6 +58,9 @@ def label_issues(
     """{"label_issues": [{path, given_label, suggested_label, score}, ...] worst first,
     "label_issues_total", "label_issues_method"}; "label_issues_skipped" says why
     there are none when the search could not run."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
     labels = np.asarray(labels, dtype=np.int64)
     present = np.unique(labels)
     counts = np.bincount(labels, minlength=len(class_names))[present]
