@@ -79,7 +79,10 @@ def label_issues(
     # Re-indexed so that the probabilities' columns are the classes present, in order.
     dense = np.searchsorted(present, labels)
     probs = out_of_sample_probs(np.asarray(features, dtype=np.float32), dense, seed)
-    ranked = find_label_issues(dense, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: by default cleanlab forks a multiprocessing pool (one process per core),
+    # and a fork of a worker process that runs a heartbeat thread and torch's thread
+    # pools can deadlock on a lock held at the fork (seen: a job hung here).
+    ranked = find_label_issues(dense, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     quality = get_label_quality_scores(dense, probs)
     listed = [
         {
