@@ -244,7 +244,6 @@ def _item(accepted: _Accepted, index: dict[str, int]) -> dict[str, Any]:
         "sha256": accepted.sha256,
         "width": accepted.info.width,
         "height": accepted.info.height,
-        "phash": accepted.info.phash,
     }
 
 
@@ -265,7 +264,7 @@ def _report(manifest: dict[str, Any], archive_sha256: str) -> IngestReport:
         ),
         rejected=[Rejection(**r) for r in manifest["rejected"]],
         warnings=[IngestWarning(**w) for w in manifest["warnings"]],
-        near_duplicates=list(manifest.get("near_duplicates", [])),
+        near_duplicates=list(manifest["near_duplicates"]),
         sha256=archive_sha256,
     )
 

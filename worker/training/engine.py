@@ -493,7 +493,8 @@ class Trainer:
         self.precision = resolve_precision(cfg, device)
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # Built with the data (set_data): class weights depend on the training labels.
+        self.criterion: nn.CrossEntropyLoss
         self.meter = ProgressMeter(hooks, cfg.epochs, steps_per_epoch)
         self.frozen = strategies.frozen_keys(model, cfg)
         self.run_start = time.monotonic()
@@ -506,13 +507,12 @@ class Trainer:
     def set_data(self, train: ImageSet, val: ImageSet, feature_cache: bool) -> None:
         cfg, device = self.cfg, self.device
         self.val_labels = np.asarray(val.labels, dtype=np.int64)
+        weight = None
         if cfg.class_weighting == "balanced":
             # A weighted loss, not a resampler: every image is still seen once an epoch.
             weights = metrics.balanced_class_weights(train.labels, cfg.num_classes)
-            self.criterion = nn.CrossEntropyLoss(
-                weight=torch.tensor(weights, dtype=torch.float32, device=device),
-                label_smoothing=cfg.label_smoothing,
-            )
+            weight = torch.tensor(weights, dtype=torch.float32, device=device)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         if cfg.strategy == "linear_probe" and feature_cache:
             feats = self._features(train, val)
             self.module = registry.head(self.model, cfg.architecture)

@@ -32,9 +32,7 @@ def classification_report(
     support = cm.sum(axis=1)
     return {
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
-        # The mean of per-class recalls: what accuracy would be on balanced classes.
-        "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
-        "macro_f1": float(f1.mean()),
+        **_balanced(cm),
         "num_samples": len(y_true),
         "per_class": [
             {
@@ -59,6 +57,11 @@ def classification_report(
 def balanced_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """Balanced accuracy (mean recall over the classes present) and macro F1."""
     cm = confusion_matrix(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64), num_classes)
+    return _balanced(cm)
+
+
+def _balanced(cm: np.ndarray) -> dict[str, float]:
+    # Balanced accuracy is the mean of per-class recalls: accuracy on balanced classes.
     _, recall, f1 = _per_class_scores(cm)
     present = cm.sum(axis=1) > 0
     return {
