@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import account, datasets, health, jobs, models, teams
+from app.api import account, datasets, evaluations, health, jobs, models, teams
 from app.body_limits import (
     BodyLimitMiddleware,
     BodyTooLarge,
@@ -210,7 +210,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_handler)
-    for module in (health, teams, account, datasets, jobs, models):
+    for module in (health, teams, account, datasets, jobs, models, evaluations):
         app.include_router(module.router)
     ui.mount(app)
     app.add_middleware(BodyLimitMiddleware, operations=lambda: openapi_operations(app.openapi()))

@@ -15,8 +15,9 @@ Every error the client raises derives from `GraftError`:
     - RateLimited - 429: `retry_after` says how long to wait.
     - ServerError - 5xx.
   + APIConnectionError - the server could not be reached (after the retries).
-  + JobFailed - `jobs.wait()`: the job failed; `code`, `message` and `job` say how.
-  + JobCancelled - `jobs.wait()`: the job was cancelled.
+  + JobFailed - `jobs.wait()`, `evaluations.wait()`: it failed; `code`, `message` and
+    `job` (the job or the evaluation) say how.
+  + JobCancelled - `jobs.wait()`, `evaluations.wait()`: it was cancelled.
   + IntegrityError - a download does not match the sha256 the model lists.
 
 `str()` of an `APIError` is the server's message.
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 if TYPE_CHECKING:
-    from graft._models import JobRead
+    from graft._models import EvaluationRead, JobRead
 
 
 class GraftError(Exception):
@@ -106,19 +107,23 @@ class APIConnectionError(GraftError):
 class JobFailed(GraftError):
     """The job waited for ended `failed`; `code` and `message` are the job's error."""
 
-    def __init__(self, job: JobRead) -> None:
+    def __init__(self, job: JobRead | EvaluationRead) -> None:
         self.job = job
         self.code = job.error.code if job.error else "unknown"
-        self.message = job.error.message if job.error else "the job failed without an error"
-        super().__init__(f"Job {job.id} failed ({self.code}): {self.message}")
+        self.message = job.error.message if job.error else "it failed without an error"
+        super().__init__(f"{_noun(job.id)} {job.id} failed ({self.code}): {self.message}")
 
 
 class JobCancelled(GraftError):
     """The job waited for ended `cancelled`."""
 
-    def __init__(self, job: JobRead) -> None:
+    def __init__(self, job: JobRead | EvaluationRead) -> None:
         self.job = job
-        super().__init__(f"Job {job.id} was cancelled.")
+        super().__init__(f"{_noun(job.id)} {job.id} was cancelled.")
+
+
+def _noun(object_id: str) -> str:
+    return "Evaluation" if object_id.startswith("ev_") else "Job"
 
 
 class IntegrityError(GraftError):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from app.schemas.datasets import DatasetRead as DatasetRead
+    from app.schemas.evaluations import EvaluationRead as EvaluationRead
     from app.schemas.jobs import JobEventRead as JobEventRead
     from app.schemas.jobs import JobRead as JobRead
     from app.schemas.models import ModelRead as ModelRead
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "DatasetRead": "app.schemas.datasets",
+    "EvaluationRead": "app.schemas.evaluations",
     "JobEventRead": "app.schemas.jobs",
     "JobRead": "app.schemas.jobs",
     "ModelRead": "app.schemas.models",

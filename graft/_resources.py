@@ -1,4 +1,5 @@
-"""The API's resources, as attributes of the Client: teams, team, datasets, jobs, models."""
+"""The API's resources, as attributes of the Client: teams, team, datasets, jobs, models,
+evaluations."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from graft._client import Client
 
 M = TypeVar("M", bound=BaseModel)
+W = TypeVar("W", "_models.JobRead", "_models.EvaluationRead")
 StrPath = str | os.PathLike[str]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -61,6 +63,23 @@ class _Resource:
 
     def _call(self, model: type[M], method: str, path: str, **kw: Any) -> M:
         return model.model_validate(self._client._request(method, path, **kw).json())
+
+    def _wait(
+        self, get: Callable[[], W], poll: float, draw: Callable[[W], None] = lambda _: None
+    ) -> W:
+        """Poll a job or an evaluation until it ends: it if it succeeded, else JobFailed
+        or JobCancelled."""
+        while True:
+            current = get()
+            draw(current)
+            if current.status in TERMINAL_STATUSES:
+                break
+            self._client._sleep(poll)
+        if current.status == "failed":
+            raise JobFailed(current)
+        if current.status == "cancelled":
+            raise JobCancelled(current)
+        return current
 
 
 class Keys(_Resource):
@@ -243,17 +262,7 @@ class Jobs(_Resource):
     def wait(self, job_id: str, progress: bool = False, poll: float = 1.0) -> _models.JobRead:
         """Poll until the job ends: the job if it succeeded, else JobFailed or JobCancelled."""
         with job_bar(job_id, progress) as draw:
-            while True:
-                job = self.get(job_id)
-                draw(job)
-                if job.status in TERMINAL_STATUSES:
-                    break
-                self._client._sleep(poll)
-        if job.status == "failed":
-            raise JobFailed(job)
-        if job.status == "cancelled":
-            raise JobCancelled(job)
-        return job
+            return self._wait(lambda: self.get(job_id), poll, draw)
 
     def _follow(self, job_id: str, after: int) -> Iterator[_models.JobEventRead]:
         """The SSE stream, resumed from the last event yielded (Last-Event-ID) whenever
@@ -292,6 +301,48 @@ class Jobs(_Resource):
             cap = decoder.retry / 1000 if decoder.retry else MAX_RECONNECT_DELAY_SECONDS
             self._client._sleep(min(self._client._backoff(failures), cap))
             failures += 1
+
+
+class Evaluations(_Resource):
+    """A model scored on a labelled dataset by a worker: accuracy, per-class scores,
+    the confusion matrix and the misclassified images (`result`)."""
+
+    def create(
+        self,
+        model_id: str,
+        dataset_id: str,
+        *,
+        artifact: str = "safetensors",
+        idempotency_key: str | None = None,
+    ) -> _models.EvaluationRead:
+        """Queue an evaluation of the model (its `artifact`) on every image of the dataset."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._call(
+            _models.EvaluationRead,
+            "POST",
+            f"/v1/models/{_q(model_id)}/evaluations",
+            json={"dataset_id": dataset_id, "artifact": artifact},
+            headers=headers or _new_idempotency_key(),
+        )
+
+    def get(self, evaluation_id: str) -> _models.EvaluationRead:
+        return self._call(_models.EvaluationRead, "GET", f"/v1/evaluations/{_q(evaluation_id)}")
+
+    def list(
+        self, *, status: str | None = None, limit: int = 20
+    ) -> Iterator[_models.EvaluationRead]:
+        """Every evaluation of the team (only those in `status` if given), newest first."""
+        params = {"status": status, "limit": limit}
+        return self._client._pages("/v1/evaluations", params, _models.EvaluationRead.model_validate)
+
+    def cancel(self, evaluation_id: str) -> _models.EvaluationRead:
+        path = f"/v1/evaluations/{_q(evaluation_id)}/cancel"
+        return self._call(_models.EvaluationRead, "POST", path)
+
+    def wait(self, evaluation_id: str, poll: float = 1.0) -> _models.EvaluationRead:
+        """Poll until it ends: the evaluation (its `result`) if it succeeded, else
+        JobFailed or JobCancelled."""
+        return self._wait(lambda: self.get(evaluation_id), poll)
 
 
 class Models(_Resource):

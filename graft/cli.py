@@ -695,6 +695,66 @@ def train(
     )
 
 
+@main.group(cls=GraftGroup)
+def evaluations() -> None:
+    """Score a model on a labelled dataset (a worker runs it)."""
+
+
+@evaluations.command("create")
+@click.argument("model_id")
+@click.argument("dataset_id")
+@click.option(
+    "--artifact",
+    type=click.Choice(["safetensors", "onnx", "onnx-int8", "onnx-fp16"]),
+    default="safetensors",
+    show_default=True,
+    help="Which of the model's files to score.",
+)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the result.")
+@json_option
+def evaluations_create(
+    model_id: str, dataset_id: str, artifact: str, wait: bool, as_json: bool
+) -> None:
+    """Score MODEL_ID on every image of DATASET_ID (same classes, matched by name)."""
+    with make_client() as client:
+        ev = client.evaluations.create(model_id, dataset_id, artifact=artifact)
+        if wait:
+            err.print(f"Evaluation {ev.id} queued.")
+            ev = client.evaluations.wait(ev.id)
+    emit(ev, as_json, show_evaluation)
+
+
+@evaluations.command("show")
+@click.argument("evaluation_id")
+@json_option
+def evaluations_show(evaluation_id: str, as_json: bool) -> None:
+    """One evaluation: status, and its scores once it succeeded."""
+    with make_client() as client:
+        emit(client.evaluations.get(evaluation_id), as_json, show_evaluation)
+
+
+def show_evaluation(ev: Any) -> None:
+    out.print(f"{ev.id} {ev.status}: {ev.model_id} ({ev.artifact}) on {ev.dataset_id}")
+    if ev.error:
+        err.print(f"{ev.error.code}: {ev.error.message}", markup=False)
+    r = ev.result
+    if not r:
+        return
+    out.print(
+        f"accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}, "
+        f"macro F1 {r['macro_f1']:.4f} over {r['num_samples']} images"
+    )
+    keys = ["precision", "recall", "f1", "support"]
+    table(
+        "per class",
+        ["class", *keys],
+        [[c["name"], *(_fmt(c[k]) for k in keys)] for c in r["per_class"]],
+    )
+    cm = r["confusion_matrix"]
+    rows = [[name, *row] for name, row in zip(cm["labels"], cm["matrix"], strict=True)]
+    table("confusion matrix (rows: true class)", ["", *cm["labels"]], rows)
+
+
 # -- the server's commands (they need the server's extras)
 
 

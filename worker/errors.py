@@ -48,6 +48,12 @@ class IncompatibleWeights(JobError):
     code = "incompatible_weights"
 
 
+class ModelFilesMissing(JobError):
+    """The model's files are not in the store (deleted, or the store was changed)."""
+
+    code = "model_files_missing"
+
+
 class ExportMismatch(JobError):
     """An exported model disagrees with the PyTorch model beyond the tolerance."""
 

@@ -1,6 +1,7 @@
 """Glue between a job row and the training engine (the Celery task calls run_job).
 
-claim (the typed spec) → inputs → engine.fit → domain adaptation → files → succeed.
+claim (the typed spec) → inputs → engine.fit → domain adaptation → files → succeed;
+for an evaluation: claim → worker/evaluation.py's evaluate → succeed with its report.
 Every state change is a call to the lifecycle service (app/services/job_runs.py), each
 in a transaction of its own; job_error() is the one place an exception becomes the
 job's error.
@@ -24,10 +25,11 @@ from sqlalchemy.exc import OperationalError
 from app.config import Settings, get_settings
 from app.db.session import in_transaction
 from app.services import job_runs
-from app.services.job_runs import ClaimedJob, Lease
+from app.services.job_runs import ClaimedEvaluation, ClaimedJob, Lease, ModelRecord
 from app.storage import Storage
 from worker.adapt.run import adapt
 from worker.errors import DatabaseUnavailable, JobError, ResourcesExhausted
+from worker.evaluation import Subject, evaluate
 from worker.job_files import attempt_workdir, record_validation_set
 from worker.job_inputs import adaptation_data, prepare
 from worker.lease import Heartbeat
@@ -63,23 +65,22 @@ def run_job(job_id: str, settings: Settings | None = None, fit: Fit = engine.fit
         return "not_claimed"
     beat = Heartbeat(job.lease, settings.lease_seconds, settings.heartbeat_seconds)
     beat.start()
+    storage = Storage(settings.resolved_data_dir)
     try:
-        return _run(job, settings, Storage(settings.resolved_data_dir), beat, fit)
+        if isinstance(job, ClaimedEvaluation):
+            return _run(job.lease, lambda: _evaluate(job, settings, storage, beat))
+        return _run(job.lease, lambda: _train_and_publish(job, settings, storage, beat, fit))
     finally:
         beat.stop()
 
 
-def _run(job: ClaimedJob, settings: Settings, storage: Storage, beat: Heartbeat, fit: Fit) -> str:
-    lease = job.lease
+def _run(lease: Lease, work: Callable[[], tuple[ModelRecord | None, dict[str, Any]]]) -> str:
+    """Do the work, then record its end: succeed with what it returns, or the reason
+    it stopped, or its error (retried when another attempt could help)."""
     try:
-        trained = _train(job, settings, storage, beat, fit)
-        if not in_transaction(job_runs.heartbeat, lease, settings.lease_seconds).held:
-            raise TrainingStopped("lease_lost", trained.result.best_epoch, 0)
-        record, report = write_model(
-            storage.model_dir(lease.model_id), lease.model_id, lease.job_id, job.spec, trained
-        )
+        record, report = work()
         if not in_transaction(job_runs.succeed, lease, record, report):
-            raise TrainingStopped("lease_lost", trained.result.best_epoch, 0)
+            raise TrainingStopped("lease_lost", 0, 0)
         return "succeeded"
     except TrainingStopped as stop:
         return _stopped(lease, stop)
@@ -121,6 +122,39 @@ def _stopped(lease: Lease, stop: TrainingStopped) -> str:
     return stop.reason
 
 
+def _train_and_publish(
+    job: ClaimedJob, settings: Settings, storage: Storage, beat: Heartbeat, fit: Fit
+) -> tuple[ModelRecord, dict[str, Any]]:
+    lease = job.lease
+    trained = _train(job, settings, storage, beat, fit)
+    if not in_transaction(job_runs.heartbeat, lease, settings.lease_seconds).held:
+        raise TrainingStopped("lease_lost", trained.result.best_epoch, 0)
+    return write_model(
+        storage.model_dir(lease.model_id), lease.model_id, lease.job_id, job.spec, trained
+    )
+
+
+def _evaluate(
+    job: ClaimedEvaluation, settings: Settings, storage: Storage, beat: Heartbeat
+) -> tuple[None, dict[str, Any]]:
+    spec, lease = job.spec, job.lease
+    subject = Subject(
+        storage.model_dir(spec.model_id),
+        job.model.architecture,
+        job.model.classes,
+        job.image_size,
+        spec.artifact,
+    )
+    throttle = Throttle(settings.progress_interval_seconds)
+
+    def progress(p: dict[str, Any]) -> None:
+        if throttle.due(last=p["images_done"] >= p["images_total"]):
+            in_transaction(job_runs.report_progress, lease, p)
+
+    report = evaluate(subject, storage.dataset_dir(spec.dataset_id), progress, _stop_check(beat))
+    return None, {"model_id": spec.model_id, "dataset_id": spec.dataset_id, **report}
+
+
 def _train(
     job: ClaimedJob, settings: Settings, storage: Storage, beat: Heartbeat, fit: Fit
 ) -> Trained:
@@ -155,10 +189,7 @@ def _train(
     return trained
 
 
-def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
-    lease, metrics = job.lease, job.metrics
-    last_progress = [0.0]
-
+def _stop_check(beat: Heartbeat) -> Callable[[], StopReason | None]:
     def should_stop() -> StopReason | None:
         if beat.cancelled.is_set():
             return "cancelled"
@@ -168,12 +199,32 @@ def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
             return "preempted"
         return None
 
-    def on_progress(p: Progress) -> None:
+    return should_stop
+
+
+class Throttle:
+    """Progress is written at most once per `every` seconds, and always at the end of
+    a pass, so the database sees a bounded rate of writes."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.previous = 0.0
+
+    def due(self, last: bool) -> bool:
         now = time.monotonic()
-        if now - last_progress[0] < progress_every and p.step < p.steps_per_epoch:
-            return
-        last_progress[0] = now
-        in_transaction(job_runs.report_progress, lease, _progress_dict(p))
+        if now - self.previous < self.every and not last:
+            return False
+        self.previous = now
+        return True
+
+
+def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
+    lease, metrics = job.lease, job.metrics
+    throttle = Throttle(progress_every)
+
+    def on_progress(p: Progress) -> None:
+        if throttle.due(last=p.step >= p.steps_per_epoch):
+            in_transaction(job_runs.report_progress, lease, _progress_dict(p))
 
     def on_epoch_end(m: EpochMetrics) -> None:
         metrics[:] = [x for x in metrics if x["epoch"] < m.epoch] + [m.as_dict()]
@@ -182,7 +233,7 @@ def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
     def on_event(kind: str, payload: dict[str, Any]) -> None:
         in_transaction(job_runs.note, lease, f"job.{kind}", payload)
 
-    return Hooks(on_progress, on_epoch_end, should_stop, on_event)
+    return Hooks(on_progress, on_epoch_end, _stop_check(beat), on_event)
 
 
 def _progress_dict(p: Progress) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from app.errors import found
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
 from app.services import jobs as service
+from app.services.jobs import of_kind
 
 # Event ids are 32-bit integers in the database; a larger `after` can match nothing.
 MAX_EVENT_ID = 2**31 - 1
@@ -92,7 +93,9 @@ async def get_job(job_id: ObjectId, read: ReadAsTeam) -> Response:
     return await read.get(
         Job,
         job_id,
-        lambda session, team, job: as_json(to_read(found(job, "job", job_id, "job_id"))),
+        lambda session, team, job: as_json(
+            to_read(found(of_kind(job, "training"), "job", job_id, "job_id"))
+        ),
     )
 
 

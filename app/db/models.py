@@ -75,13 +75,18 @@ class Job(Base):
     __tablename__ = "jobs"
     # A team's list pages read these in id order (keyset pagination), with or without
     # a status filter: the page is the index's next rows, not a sort of the team's jobs.
+    # Evaluations are rows of this table too (kind "evaluation"): they run on a worker
+    # under the same lifecycle (claim, lease, cancel, reap), so the kind leads each index.
     __table_args__ = (
-        Index("ix_jobs_team_id_id", "team_id", "id"),
-        Index("ix_jobs_team_id_status_id", "team_id", "status", "id"),
+        Index("ix_jobs_team_id_kind_id", "team_id", "kind", "id"),
+        Index("ix_jobs_team_id_kind_status_id", "team_id", "kind", "status", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # "training" (job_…: fine-tune and export a model) or "evaluation" (ev_…: score a
+    # model on a labelled dataset).
+    kind: Mapped[str] = mapped_column(String(20), default="training", server_default="training")
     # A finished job outlives its dataset; the spec still names the dataset it used.
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True, nullable=True

@@ -13,9 +13,10 @@ class ModelRepository(TeamScopedRepository[Model]):
     model = Model
 
     def used_by_active_job(self, team_id: str, model_id: str) -> bool:
-        """Whether a queued or running job continues from the model."""
+        """Whether a queued or running job continues from the model (or evaluates it)."""
         return any(
-            spec.get("base_model") == model_id for spec in active_job_specs(self.session, team_id)
+            model_id in (spec.get("base_model"), spec.get("model_id"))
+            for spec in active_job_specs(self.session, team_id)
         )
 
     def get_by_job(self, job_id: str) -> Model | None:

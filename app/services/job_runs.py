@@ -32,6 +32,7 @@ from app.errors import Conflict
 from app.queue import enqueue_job
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.repositories.models import ModelRepository
+from app.schemas.evaluations import EvaluationSpec
 from app.schemas.jobs import JobCreate
 from app.services import quotas
 from app.services.events import record_event
@@ -76,6 +77,18 @@ class ClaimedJob:
     @property
     def architecture(self) -> str:
         return self.base.architecture if self.base else self.spec.base_model
+
+
+@dataclass(frozen=True)
+class ClaimedEvaluation:
+    lease: Lease
+    team_id: str
+    spec: EvaluationSpec
+    model: BaseModelRef  # the model scored
+    image_size: int  # its preprocessing's input size
+
+
+Claimed = ClaimedJob | ClaimedEvaluation
 
 
 @dataclass(frozen=True)
@@ -136,8 +149,8 @@ def claim(
     lease_seconds: float,
     max_attempts: int,
     running_jobs_quota: int | None = None,
-) -> ClaimedJob | None:
-    """Take the job for `owner`, or None: someone else has it, it ended, it used up
+) -> Claimed | None:
+    """Take the job (or evaluation) for `owner`, or None: someone else has it, it ended, it used up
     its attempts (then it fails here, too_many_attempts), or its team already runs
     as many jobs as its running_jobs quota (the default given here, or the team's own):
     then it stays queued and the dispatcher sends it again at its next pass."""
@@ -159,23 +172,9 @@ def claim(
     job = repo.get(job_id)
     assert job is not None
     lease = Lease(job_id, owner, job.attempt)
-    try:
-        spec = JobCreate.model_validate(job.spec)
-    except ValidationError as exc:
-        # The API validated it; only a row written by hand or by another version gets here.
-        problem = exc.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"])
-        message = f"The stored job spec is not valid: {where}: {problem['msg']}."
-        _end(session, lease, "failed", {"code": "invalid_spec", "message": message})
+    claimed = _claimed(session, lease, job)
+    if claimed is None:
         return None
-    base = None
-    if spec.base_model.startswith("mdl_"):
-        row = ModelRepository(session).get(spec.base_model)
-        if row is None:
-            message = f"The base model {spec.base_model} no longer exists."
-            _end(session, lease, "failed", {"code": "base_model_not_found", "message": message})
-            return None
-        base = BaseModelRef(row.id, row.architecture, list(row.classes), row.kind)
     record_event(
         session,
         job_id,
@@ -186,7 +185,46 @@ def claim(
             "last_checkpoint_epoch": job.last_checkpoint_epoch,
         },
     )
+    return claimed
+
+
+def _claimed(session: Session, lease: Lease, job: Job) -> Claimed | None:
+    """The typed work of a claimed row; None (and the job failed) when it cannot run."""
+    spec_type = EvaluationSpec if job.kind == "evaluation" else JobCreate
+    try:
+        spec = spec_type.model_validate(job.spec)
+    except ValidationError as exc:
+        # The API validated it; only a row written by hand or by another version gets here.
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        message = f"The stored job spec is not valid: {where}: {problem['msg']}."
+        _end(session, lease, "failed", {"code": "invalid_spec", "message": message})
+        return None
+    if isinstance(spec, EvaluationSpec):
+        row = _model_or_fail(session, lease, spec.model_id, "model")
+        if row is None:
+            return None
+        image_size = int(row.preprocessing["image_size"])
+        return ClaimedEvaluation(lease, job.team_id, spec, _ref(row), image_size)
+    base = None
+    if spec.base_model.startswith("mdl_"):
+        row = _model_or_fail(session, lease, spec.base_model, "base_model")
+        if row is None:
+            return None
+        base = _ref(row)
     return ClaimedJob(lease, job.team_id, spec, base, list(job.metrics or []))
+
+
+def _model_or_fail(session: Session, lease: Lease, model_id: str, what: str) -> Model | None:
+    row = ModelRepository(session).get(model_id)
+    if row is None:
+        message = f"The {what.replace('_', ' ')} {model_id} no longer exists."
+        _end(session, lease, "failed", {"code": f"{what}_not_found", "message": message})
+    return row
+
+
+def _ref(row: Model) -> BaseModelRef:
+    return BaseModelRef(row.id, row.architecture, list(row.classes), row.kind)
 
 
 def heartbeat(session: Session, lease: Lease, lease_seconds: float) -> LeaseState:
@@ -227,20 +265,26 @@ def note(session: Session, lease: Lease, kind: str, payload: dict[str, Any]) -> 
 # ---------------------------------------------------------------- endings
 
 
-def succeed(session: Session, lease: Lease, model: ModelRecord, report: dict[str, Any]) -> bool:
-    """The job succeeded with `model`; False (and no model row) if the lease was lost."""
+def succeed(
+    session: Session, lease: Lease, model: ModelRecord | None, report: dict[str, Any]
+) -> bool:
+    """The job succeeded, with the model it trained (none for an evaluation: its report
+    is its result); False, and nothing written, if the lease was lost."""
     done = JobRepository(session).update_held(
         lease.job_id,
         lease.owner,
         status="succeeded",
         finished_at=utcnow(),
-        result_model_id=lease.model_id,
+        result_model_id=lease.model_id if model else None,
         report=report,
         lease_owner=None,
         lease_expires_at=None,
     )
     if not done:
         return False
+    if model is None:
+        record_event(session, lease.job_id, "job.succeeded", {})
+        return True
     job = JobRepository(session).get(lease.job_id)
     assert job is not None
     ModelRepository(session).add(
@@ -321,8 +365,9 @@ def cancel(session: Session, job: Job) -> Job:
     else:
         current = repo.get(job.id)
         if current is not None and current.status in TERMINAL_STATUSES:
+            what = "Evaluation" if job.kind == "evaluation" else "Job"
             raise Conflict(
-                f"Job {job.id} already ended ({current.status}).",
+                f"{what} {job.id} already ended ({current.status}).",
                 code="job_finished",
                 param="job_id",
             )

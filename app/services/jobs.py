@@ -5,6 +5,8 @@ What happens to a job after it was created lives in app/services/job_runs.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from app import webhook_targets
@@ -24,6 +26,10 @@ from app.services.events import record_event
 from app.services.idempotency import idempotent, request_hash
 from app.services.models import get_model
 from app.storage import Storage
+
+# The id prefix and the noun (in errors) of each kind of row in the jobs table.
+KIND_PREFIXES = {"training": "job", "evaluation": "ev"}
+KIND_NOUNS = {"training": "job", "evaluation": "evaluation"}
 
 
 def resolve_base_model(
@@ -114,7 +120,7 @@ def create_job_idempotent(
     )
 
 
-def _ready_dataset(
+def ready_dataset(
     session: Session, team: Team, dataset_id: str, *, kind: str, param: str
 ) -> Dataset:
     dataset = get_dataset(session, team, dataset_id, param=param)
@@ -146,7 +152,7 @@ def _check_adaptation(
             code="adaptation_not_applicable",
             param="domain_adaptation.method",
         )
-    _ready_dataset(
+    ready_dataset(
         session,
         team,
         da.target_dataset_id,
@@ -155,7 +161,7 @@ def _check_adaptation(
     )
     if da.target_eval_dataset_id is not None:
         param = "domain_adaptation.target_eval_dataset_id"
-        evaluation = _ready_dataset(
+        evaluation = ready_dataset(
             session, team, da.target_eval_dataset_id, kind="labeled", param=param
         )
         unknown = {c["name"] for c in evaluation.classes} - {c["name"] for c in source.classes}
@@ -169,7 +175,7 @@ def _check_adaptation(
 
 
 def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
-    dataset = _ready_dataset(session, team, spec.dataset_id, kind="labeled", param="dataset_id")
+    dataset = ready_dataset(session, team, spec.dataset_id, kind="labeled", param="dataset_id")
     arch, from_model = resolve_base_model(session, team, spec.base_model)
     _check_spec(spec, arch, from_model)
     _check_adaptation(session, team, spec, dataset, arch)
@@ -181,13 +187,35 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
             raise InvalidInput(
                 str(exc), code="webhook_url_not_allowed", param="webhook_url"
             ) from exc
+    return enqueue(
+        session,
+        team,
+        kind="training",
+        dataset_id=dataset.id,
+        spec=spec.model_dump(mode="json"),
+        queued={"architecture": arch.name},
+    )
+
+
+def enqueue(
+    session: Session,
+    team: Team,
+    *,
+    kind: str,
+    dataset_id: str,
+    spec: dict[str, Any],
+    queued: dict[str, Any],
+) -> Job:
+    """A new row for a worker (a training job or an evaluation), queued and sent to the
+    broker once committed; `queued` is its job.queued event's data."""
     quotas.check_can_queue(session, get_settings(), team)
     now = utcnow()
     job = Job(
-        id=new_id("job"),
+        id=new_id(KIND_PREFIXES[kind]),
         team_id=team.id,
-        dataset_id=dataset.id,
-        spec=spec.model_dump(mode="json"),
+        kind=kind,
+        dataset_id=dataset_id,
+        spec=spec,
         status="queued",
         created_at=now,
         metrics=[],
@@ -197,23 +225,37 @@ def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     )
     repo = JobRepository(session)
     repo.add(job)
-    record_event(repo.session, job.id, "job.queued", {"architecture": arch.name})
+    record_event(repo.session, job.id, "job.queued", queued)
     job_runs.dispatch_after_commit(session, job.id)
     return job
 
 
-def get_job(session: Session, team: Team, job_id: str) -> Job:
-    return found(JobRepository(session).get_for_team(team.id, job_id), "job", job_id, "job_id")
+def of_kind(job: Job | None, kind: str) -> Job | None:
+    """The row if it is of `kind`: an evaluation's id reads as missing under /v1/jobs."""
+    return job if job is not None and job.kind == kind else None
+
+
+def get_job(session: Session, team: Team, job_id: str, *, kind: str = "training") -> Job:
+    job = of_kind(JobRepository(session).get_for_team(team.id, job_id), kind)
+    return found(job, KIND_NOUNS[kind], job_id, f"{KIND_NOUNS[kind]}_id")
 
 
 def list_jobs(
-    session: Session, team: Team, *, status: str | None, limit: int, cursor: str | None
+    session: Session,
+    team: Team,
+    *,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    kind: str = "training",
 ) -> Page[Job]:
-    return JobRepository(session).list_for_team(team.id, status=status, limit=limit, cursor=cursor)
+    return JobRepository(session).list_for_team(
+        team.id, kind=kind, status=status, limit=limit, cursor=cursor
+    )
 
 
-def cancel_job(session: Session, team: Team, job_id: str) -> Job:
-    return job_runs.cancel(session, get_job(session, team, job_id))
+def cancel_job(session: Session, team: Team, job_id: str, *, kind: str = "training") -> Job:
+    return job_runs.cancel(session, get_job(session, team, job_id, kind=kind))
 
 
 def delete_job(session: Session, storage: Storage, team: Team, job_id: str) -> None:

@@ -226,6 +226,31 @@ def test_events_list_and_follow_a_finished_jobs_stream(client: Client, dataset_i
     assert list(client.jobs.events(job.id, follow=True, after=2)) == []
 
 
+def test_evaluations_create_get_list_wait_and_cancel(
+    client: Client, dataset_id: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(weights(classes=3))
+    classes = ["digit_0", "digit_1", "digit_2"]
+    model = client.models.upload(path, architecture="resnet18", classes=classes, image_size=16)
+    first = client.evaluations.create(model.id, dataset_id)
+    second = client.evaluations.create(model.id, dataset_id, artifact="safetensors")
+    assert (first.status, first.model_id, first.dataset_id) == ("queued", model.id, dataset_id)
+    assert client.evaluations.get(first.id) == first
+    assert [e.id for e in client.evaluations.list()] == [second.id, first.id]
+    assert list(client.jobs.list()) == []
+
+    client.evaluations.cancel(first.id)
+    with pytest.raises(JobCancelled, match=f"Evaluation {first.id} was cancelled"):
+        client.evaluations.wait(first.id, poll=0.01)
+    assert [e.id for e in client.evaluations.list(status="cancelled")] == [first.id]
+    set_job(second.id, status="succeeded", report={"accuracy": 0.5, "num_samples": 18})
+    assert client.evaluations.wait(second.id).result == {"accuracy": 0.5, "num_samples": 18}
+    with pytest.raises(ValidationError) as bad:
+        client.evaluations.create(model.id, dataset_id, artifact="onnx")
+    assert bad.value.param == "artifact" and bad.value.code == "artifact_not_found"
+
+
 # ---------------------------------------------------------------- models
 
 

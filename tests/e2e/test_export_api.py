@@ -1,6 +1,7 @@
 """Exported variants through the whole service: a job asks for ONNX, int8 and fp16; the
 test downloads each file and recomputes what the model object reports, then checks
-that /predict answers exactly what the downloaded bundle's predict.py answers."""
+that /predict answers exactly what the downloaded bundle's predict.py answers, and that
+an evaluation of the files on a held-out set matches scikit-learn's scores of them."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 from PIL import Image
 
 from app.imaging import load_rgb, to_array
-from tests.conftest import Api, digits_images
+from tests.conftest import Api, digits_images, wait_for
 from tests.e2e.helpers import train_job, upload, wait_done
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -173,3 +175,66 @@ def test_predict_errors(exported: dict[str, Any]) -> None:
     plain = wait_done(api, key, plain["id"])
     r = api.as_team(key, "POST", f"/v1/models/{plain['result']['model_id']}/predict", files=files)
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_onnx_artifact"
+
+
+def test_an_evaluation_matches_scikit_learn_on_the_downloaded_files(
+    exported: dict[str, Any],
+) -> None:
+    """A held-out labelled set of the same classes (other digits), scored by a worker
+    from the PyTorch weights and from the int8 graph; each confusion matrix and score
+    equals scikit-learn's from the downloaded file run here."""
+    from safetensors.torch import load
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    from app.config import get_settings
+    from app.services.inference import normalize_batch
+    from worker.training import registry
+
+    api, key, model = exported["api"], exported["key"], exported["model"]
+    test_set = upload(api, key, digits_images((0, 1, 2), per_class=20, size=SIZE, offset=60))
+    manifest = json.loads(
+        (
+            get_settings().resolved_data_dir / "datasets" / test_set["id"] / "manifest.json"
+        ).read_text()
+    )
+    root = get_settings().resolved_data_dir / "datasets" / test_set["id"]
+    x = np.stack([to_array(load_rgb(str(root / it["path"])), SIZE) for it in manifest["items"]])
+    order = {name: i for i, name in enumerate(model["classes"])}
+    y = np.asarray([order[manifest["classes"][it["label"]]] for it in manifest["items"]])
+    batch = normalize_batch(x, model["preprocessing"]["mean"], model["preprocessing"]["std"])
+
+    net = registry.build_from_state("resnet18", 3, load(download(exported, "safetensors")), SIZE)
+    with torch.inference_mode():
+        here = {"safetensors": net.eval()(torch.from_numpy(batch)).numpy()}
+    session = ort.InferenceSession(download(exported, "onnx-int8"))
+    here["onnx-int8"] = session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+    for artifact, logits in here.items():
+        r = api.as_team(
+            key, "POST", f"/v1/models/{model['id']}/evaluations",
+            json={"dataset_id": test_set["id"], "artifact": artifact},
+        )  # fmt: skip
+        assert r.status_code == 202, r.text
+
+        def finished(url: str = r.headers["location"]) -> dict[str, Any] | None:
+            ev = api.as_team(key, "GET", url).json()
+            return ev if ev["status"] in ("succeeded", "failed", "cancelled") else None
+
+        ev = wait_for(finished, 120, f"the {artifact} evaluation")
+        assert ev["status"] == "succeeded", ev
+        result = ev["result"]
+        assert result["artifact"] == artifact and result["num_samples"] == len(y) == 60
+        assert ev["progress"]["images_done"] == ev["progress"]["images_total"] == 60
+        pred = logits.argmax(1)
+        # Exact, but for an image whose two largest logits tie within rounding (usually
+        # none): the worker ran the same file in its own batches and threads.
+        top2 = np.sort(logits, axis=1)[:, -2:]
+        near_ties = int(np.sum(top2[:, 1] - top2[:, 0] <= 1e-4))
+        expected = confusion_matrix(y, pred, labels=[0, 1, 2])
+        got = np.asarray(result["confusion_matrix"]["matrix"])
+        assert result["confusion_matrix"]["labels"] == model["classes"]
+        assert np.abs(got - expected).sum() <= 2 * near_ties, (artifact, got, expected)
+        if near_ties == 0:
+            assert result["accuracy"] == pytest.approx(accuracy_score(y, pred))
+            assert result["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+        assert result["misclassified_total"] == int(got.sum() - np.trace(got))

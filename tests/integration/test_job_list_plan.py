@@ -56,9 +56,12 @@ def test_the_list_reads_its_page_in_index_order(pg_env: dict[str, str], status: 
     event.listen(engine, "before_cursor_execute", capture)
     try:
         with session_scope() as s:
-            first = JobRepository(s).list_for_team(mine, status=status, limit=20, cursor=None)
+            # As the service lists them: jobs of kind training (evaluations are rows too).
+            repo = JobRepository(s)
+            first = repo.list_for_team(mine, kind="training", status=status, limit=20, cursor=None)
             assert len(first.items) == 20 and first.has_more
-            JobRepository(s).list_for_team(mine, status=status, limit=20, cursor=first.next_cursor)
+            cursor = first.next_cursor
+            repo.list_for_team(mine, kind="training", status=status, limit=20, cursor=cursor)
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     assert len(sent) == 2

@@ -14,15 +14,18 @@ from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import select
 from torch import nn
 
 from app.config import get_settings
+from app.db.models import Model
 from app.db.session import session_scope
 from app.repositories.jobs import JobRepository
 from app.repositories.models import ModelRepository
 from app.services import job_runs
 from tests.conftest import Api, digits_images
 from tests.e2e.helpers import train_job, upload
+from tests.weights import weights as zero_weights
 from worker import runner
 from worker.errors import DatasetError
 from worker.training.types import (
@@ -192,3 +195,67 @@ def test_failures_are_mapped_to_the_job_error_in_one_place(
     else:
         assert job.error["code"] == code and str(exc) in job.error["message"]
         assert events(job_id)[-1] == "job.failed"
+
+
+# -- evaluations: the same lifecycle, worker/evaluation.py for the work -------------
+
+
+@pytest.fixture
+def evaluation_id(api: Api) -> str:
+    """An evaluation of an all-zero resnet18 (every logit 0, so every image is predicted
+    as the first class) on 8 digits of each of its 3 classes."""
+    key = api.new_team()
+    ds = upload(api, key, digits_images(per_class=8))
+    classes = '["digit_0", "digit_1", "digit_2"]'
+    mdl = api.as_team(
+        key,
+        "POST",
+        "/v1/models",
+        files={"file": ("m.safetensors", zero_weights(classes=3))},
+        data={"architecture": "resnet18", "classes": classes, "image_size": "16"},
+    ).json()
+    r = api.as_team(
+        key, "POST", f"/v1/models/{mdl['id']}/evaluations", json={"dataset_id": ds["id"]}
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def test_an_evaluation_runs_to_success_with_its_report_and_no_model(evaluation_id: str) -> None:
+    with session_scope() as s:
+        models_before = len(s.scalars(select(Model)).all())
+    assert runner.run_job(evaluation_id) == "succeeded"
+    ev = job_row(evaluation_id)
+    assert (ev.status, ev.attempt, ev.result_model_id) == ("succeeded", 1, None)
+    report = ev.report
+    assert report["confusion_matrix"] == {
+        "labels": ["digit_0", "digit_1", "digit_2"],
+        "matrix": [[8, 0, 0], [8, 0, 0], [8, 0, 0]],
+    }
+    assert report["accuracy"] == pytest.approx(1 / 3) and report["num_samples"] == 24
+    assert report["misclassified_total"] == 16 and len(report["misclassified"]) == 16
+    assert ev.progress == {
+        "images_done": 24, "images_total": 24, "fraction": 1.0,
+        "eta_seconds": 0.0, "images_per_second": ev.progress["images_per_second"],
+    }  # fmt: skip
+    assert events(evaluation_id) == ["job.queued", "job.running", "job.succeeded"]
+    with session_scope() as s:
+        assert len(s.scalars(select(Model)).all()) == models_before
+    assert runner.run_job(evaluation_id) == "not_claimed"
+
+
+def test_sigterm_requeues_an_evaluation_and_missing_files_fail_it(
+    evaluation_id: str,
+) -> None:
+    runner.PREEMPTED.set()  # stops it after its first batch
+    assert runner.run_job(evaluation_id) == "preempted"
+    ev = job_row(evaluation_id)
+    assert (ev.status, ev.attempt, ev.report) == ("queued", 0, None)
+    assert events(evaluation_id)[-1] == "job.preempted"
+    runner.PREEMPTED.clear()
+
+    model_dir = get_settings().resolved_data_dir / "models" / ev.spec["model_id"]
+    (model_dir / "model.safetensors").unlink()
+    assert runner.run_job(evaluation_id) == "failed"
+    ev = job_row(evaluation_id)
+    assert ev.error["code"] == "model_files_missing" and "model.safetensors" in ev.error["message"]

@@ -57,15 +57,20 @@ def _run_session(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {model_input.name: x})[0], dtype=np.float32)
 
 
+# Called after each batch with the images done so far; it may raise to stop the run.
+OnBatch = Callable[[int], None]
+
+
 def onnx_logits(
     model: Path | ort.InferenceSession,
     images: np.ndarray,
     normalization: Normalization,
     batch_size: int = EVAL_BATCH,
     threads: int | None = None,
+    on_batch: OnBatch | None = None,
 ) -> np.ndarray:
     sess = model if isinstance(model, ort.InferenceSession) else onnx_session(model, threads)
-    return _collect(lambda x: _run_session(sess, x), images, normalization, batch_size)
+    return _collect(lambda x: _run_session(sess, x), images, normalization, batch_size, on_batch)
 
 
 def torch_logits(
@@ -73,6 +78,7 @@ def torch_logits(
     images: np.ndarray,
     normalization: Normalization,
     batch_size: int = EVAL_BATCH,
+    on_batch: OnBatch | None = None,
 ) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
@@ -82,7 +88,7 @@ def torch_logits(
         out: torch.Tensor = model(torch.from_numpy(x).to(device))
         return out.float().cpu().numpy()
 
-    return _collect(run, images, normalization, batch_size)
+    return _collect(run, images, normalization, batch_size, on_batch)
 
 
 def _collect(
@@ -90,8 +96,15 @@ def _collect(
     images: np.ndarray,
     normalization: Normalization,
     batch_size: int,
+    on_batch: OnBatch | None = None,
 ) -> np.ndarray:
-    outs = [run(normalization.apply(b)) for b in _batches(images, batch_size)]
+    outs: list[np.ndarray] = []
+    done = 0
+    for batch in _batches(images, batch_size):
+        outs.append(run(normalization.apply(batch)))
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(done)
     if not outs:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(outs)
