@@ -103,6 +103,22 @@ def test_train_uploads_a_folder_trains_and_downloads_checked_files(
     # The job's metrics table is printed for a person; the JSON is on stdout alone.
     shown = graft(service, "jobs", "show", result["job"]["id"])
     assert shown.returncode == 0 and "val_accuracy" in shown.stdout
+    # The model scored by a worker on a labelled dataset: the scores and the confusion
+    # matrix for a person, the evaluation as JSON for a program.
+    model_id, dataset_id = result["job"]["result"]["model_id"], result["dataset"]["id"]
+    scored = graft(service, "evaluations", "create", model_id, dataset_id)
+    assert scored.returncode == 0, scored.stderr
+    assert "accuracy" in scored.stdout and "confusion matrix" in scored.stdout
+    ev_id = scored.stdout.split()[0]
+    shown = graft(service, "evaluations", "show", ev_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    ev = json.loads(shown.stdout)
+    assert (ev["status"], ev["model_id"], ev["result"]["num_samples"]) == (
+        "succeeded",
+        model_id,
+        60,
+    )
+    assert sum(map(sum, ev["result"]["confusion_matrix"]["matrix"])) == 60
 
 
 def test_lists_and_shows_print_json_a_program_can_read(
