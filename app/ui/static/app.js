@@ -122,6 +122,7 @@ const routes = [
   [/^#\/datasets\/([^/]+)$/, datasetView],
   [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/([^/]+)$/, jobView],
   [/^#\/models\/?$/, modelsView], [/^#\/models\/([^/]+)$/, modelView],
+  [/^#\/evaluations\/([^/]+)$/, evaluationView],
   [/^#\/new-job$/, newJobView],
 ];
 
@@ -604,24 +605,7 @@ function renderReport(into, job) {
   }
   add(into, section('Validation report', dl([['Accuracy', pct(r.accuracy)], ['Best epoch', r.best_epoch],
     ['Validation images', r.num_samples], ['Macro F1', r.macro_avg ? fixed(r.macro_avg.f1) : '—']])));
-  if (r.confusion_matrix) add(into, section('Confusion matrix', heatmap(r.confusion_matrix)));
-  if (r.per_class) {
-    const rows = r.per_class.map((c) => h('tr', {}, h('th', { scope: 'row' }, c.name), h('td', {}, fixed(c.precision)),
-      h('td', {}, fixed(c.recall)), h('td', {}, fixed(c.f1)), h('td', {}, c.support)));
-    if (r.macro_avg) {
-      rows.push(h('tr', { class: 'total' }, h('th', { scope: 'row' }, 'macro average'), h('td', {}, fixed(r.macro_avg.precision)),
-        h('td', {}, fixed(r.macro_avg.recall)), h('td', {}, fixed(r.macro_avg.f1)), h('td', {}, r.num_samples)));
-    }
-    add(into, section('Per class', table(['Class', 'Precision', 'Recall', 'F1', 'Support'], rows, { id: 'per-class' })));
-  }
-  if (r.misclassified) {
-    const shown = r.misclassified.slice(0, 24);
-    add(into, section(`Misclassified validation images (${r.misclassified_total ?? shown.length})`, shown.length
-      ? h('div', { class: 'thumbs', id: 'misclassified' }, shown.map((m) => h('figure', { class: 'mistake' },
-        thumbnail(job.spec.dataset_id, m.path, m.path),
-        h('figcaption', {}, h('span', {}, `true ${m.true_label}`), h('span', {}, `predicted ${m.predicted_label}`), h('span', {}, pct(m.confidence))))))
-      : h('p', { class: 'empty' }, 'None: every validation image was classified right.')));
-  }
+  add(into, scores(r, job.spec.dataset_id, 'validation'));
   if (r.label_issues) {
     const shown = r.label_issues.slice(0, 24);
     add(into, section(`Suspected label errors in training (${r.label_issues_total ?? shown.length})`, shown.length
@@ -636,6 +620,31 @@ function renderReport(into, job) {
       h('p', { class: 'hint' }, `PyTorch accuracy ${pct(e.pytorch_accuracy)} on ${e.num_val} validation images; a variant is within budget when it loses at most ${e.max_accuracy_drop} ${e.max_accuracy_drop === 1 ? 'point' : 'points'}. Opset ${e.opset}.`)));
   }
   if (r.domain_adaptation) add(into, section('Domain adaptation', adaptation(r.domain_adaptation)));
+}
+
+// The confusion matrix, per-class scores and most confident mistakes of a report: a
+// job's on its validation images, an evaluation's on its dataset.
+function scores(r, datasetId, what) {
+  const out = [];
+  if (r.confusion_matrix) out.push(section('Confusion matrix', heatmap(r.confusion_matrix)));
+  if (r.per_class) {
+    const rows = r.per_class.map((c) => h('tr', {}, h('th', { scope: 'row' }, c.name), h('td', {}, fixed(c.precision)),
+      h('td', {}, fixed(c.recall)), h('td', {}, fixed(c.f1)), h('td', {}, c.support)));
+    if (r.macro_avg) {
+      rows.push(h('tr', { class: 'total' }, h('th', { scope: 'row' }, 'macro average'), h('td', {}, fixed(r.macro_avg.precision)),
+        h('td', {}, fixed(r.macro_avg.recall)), h('td', {}, fixed(r.macro_avg.f1)), h('td', {}, r.num_samples)));
+    }
+    out.push(section('Per class', table(['Class', 'Precision', 'Recall', 'F1', 'Support'], rows, { id: 'per-class' })));
+  }
+  if (r.misclassified) {
+    const shown = r.misclassified.slice(0, 24);
+    out.push(section(`Misclassified ${what} images (${r.misclassified_total ?? shown.length})`, shown.length
+      ? h('div', { class: 'thumbs', id: 'misclassified' }, shown.map((m) => h('figure', { class: 'mistake' },
+        thumbnail(datasetId, m.path, m.path),
+        h('figcaption', {}, h('span', {}, `true ${m.true_label}`), h('span', {}, `predicted ${m.predicted_label}`), h('span', {}, pct(m.confidence))))))
+      : h('p', { class: 'empty' }, `None: every ${what} image was classified right.`)));
+  }
+  return out;
 }
 
 function heatmap(cm) {
@@ -711,7 +720,69 @@ async function modelView(id, v) {
     section('Downloads', artifactsTable(m, v)),
     variants.length ? section('Export report', exportTable(variants, m.recommended_artifact)) : null,
     section('Try it', onnx.length ? tryIt(m, onnx, v)
-      : h('p', { id: 'try-unavailable', class: 'notice info' }, 'Try it needs an ONNX export: this model has no ONNX variant. Train it with export “onnx” to try it here.')));
+      : h('p', { id: 'try-unavailable', class: 'notice info' }, 'Try it needs an ONNX export: this model has no ONNX variant. Train it with export “onnx” to try it here.')),
+    m.kind === 'backbone' ? null : section('Evaluate on a test set', await evaluateForm(m)));
+}
+
+// Datasets with exactly the model's classes (by name), and the model's evaluations.
+async function evaluateForm(m) {
+  const [datasets, evaluations] = await Promise.all([api('/v1/datasets?limit=100'), api('/v1/evaluations?limit=100')]);
+  const mine = new Set(m.classes);
+  const fits = datasets.data.filter((d) => d.status === 'ready' && d.kind === 'labeled'
+    && d.classes.length === mine.size && d.classes.every((c) => mine.has(c.name)));
+  const past = evaluations.data.filter((e) => e.model_id === m.id);
+  const list = past.length ? table(['Evaluation', 'Dataset', 'File', 'Status', 'Accuracy'], past.map((e) => h('tr', {},
+    h('td', {}, link(`#/evaluations/${e.id}`, e.id)), h('td', {}, link(`#/datasets/${e.dataset_id}`, e.dataset_id)),
+    h('td', {}, e.artifact), h('td', {}, badge(e.status)), h('td', {}, e.result ? pct(e.result.accuracy) : '—'))), { id: 'evaluations' }) : null;
+  if (!fits.length) {
+    return [h('p', { class: 'empty', id: 'evaluate-unavailable' }, 'No ready labelled dataset has exactly this model’s classes: upload one (say, held-out test images) to score it.'), list];
+  }
+  const dataset = h('select', { id: 'evaluate-dataset' }, fits.map((d) => h('option', { value: d.id }, `${d.name} (${d.num_images} images)`)));
+  const files = ['safetensors', ...m.artifacts.map((a) => a.format).filter((f) => f.startsWith('onnx'))];
+  const artifact = h('select', { id: 'evaluate-artifact' }, files.map((f) => h('option', { value: f }, f)));
+  const msg = h('p', { id: 'evaluate-message', role: 'status' });
+  const button = h('button', { type: 'submit', id: 'evaluate' }, 'Evaluate');
+  const form = h('form', {}, h('div', { class: 'row' }, h('div', { class: 'field' }, h('label', { for: 'evaluate-dataset' }, 'Dataset'), dataset),
+    h('div', { class: 'field' }, h('label', { for: 'evaluate-artifact' }, 'File'), artifact)), button, msg);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    try {
+      const ev = await api(`/v1/models/${enc(m.id)}/evaluations`, { method: 'POST', json: { dataset_id: dataset.value, artifact: artifact.value } });
+      location.hash = `#/evaluations/${ev.id}`;
+    } catch (err) {
+      if (err.status === 401) { showError(err); return; }
+      msg.textContent = err.message;
+      button.disabled = false;
+    }
+  });
+  return [form, list];
+}
+
+// ---------------------------------------------------------------- an evaluation
+
+async function evaluationView(id, v) {
+  const head = h('div');
+  const body = h('div', { id: 'evaluation' });
+  add(main, head, body);
+  for (;;) {
+    const ev = await api(`/v1/evaluations/${enc(id)}`);
+    if (v.signal.aborted) return;
+    const p = ev.progress;
+    put(head, h('div', { class: 'title' }, h('h1', {}, `Evaluation ${ev.id}`), badge(ev.status)),
+      dl([['Model', link(`#/models/${ev.model_id}`, ev.model_id)], ['Dataset', link(`#/datasets/${ev.dataset_id}`, ev.dataset_id)],
+        ['File', ev.artifact], ['Created', when(ev.created_at)], ['Finished', when(ev.finished_at)],
+        ['Images', p ? `${p.images_done} of ${p.images_total}` : '—']]),
+      ev.error ? notice(ev.error.code, ev.error.message) : null);
+    const r = ev.result;
+    if (r) {
+      put(body, section('Scores', dl([['Accuracy', pct(r.accuracy)], ['Balanced accuracy', pct(r.balanced_accuracy)],
+        ['Macro F1', fixed(r.macro_f1)], ['Images', r.num_samples]])), scores(r, ev.dataset_id, 'test'));
+    }
+    if (!ACTIVE.includes(ev.status)) return;
+    await sleep(1000, v);
+    if (v.signal.aborted) return;
+  }
 }
 
 function artifactsTable(m, v) {
