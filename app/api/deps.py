@@ -3,16 +3,18 @@
 The ones that do no I/O are `async def`: FastAPI runs a plain `def` dependency (or
 endpoint) in its thread pool, and on this machine each hop there and back cost more
 than the database work of a GET (bench/bench_api.py). So a GET endpoint is `async def`
-and does its whole read, the key included, in one hop through `TeamReader`.
+and does its whole read, the key included, in one hop through `TeamReader`, to a small
+pool of read threads (GRAFT_READ_THREADS).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated, TypeVar
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import Depends, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -71,6 +73,17 @@ AddressDep = Annotated[str, Depends(client_address)]
 
 T = TypeVar("T")
 
+_read_threads: anyio.CapacityLimiter | None = None
+
+
+async def in_read_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking read in one of GRAFT_READ_THREADS threads (made on first use: a
+    limiter belongs to the running event loop)."""
+    global _read_threads
+    if _read_threads is None:
+        _read_threads = anyio.CapacityLimiter(get_settings().read_threads)
+    return await anyio.to_thread.run_sync(partial(fn, *args), limiter=_read_threads)
+
 
 class TeamReader:
     """Runs a read as the caller's team: the key lookup and the read in one session
@@ -82,7 +95,7 @@ class TeamReader:
         self.scope = scope
 
     async def __call__(self, read: Callable[[Session, Team], T]) -> T:
-        return await run_in_threadpool(self.run, read)
+        return await in_read_thread(self.run, read)
 
     def run(self, read: Callable[[Session, Team], T]) -> T:
         # The key is looked up on every request (no cache), so a revoked key stops
@@ -96,7 +109,7 @@ class TeamReader:
     ) -> T:
         """Like calling with a read, for a GET by id: the key and the team's `model` row
         `object_id` (None if it has none) come in one database round trip."""
-        return await run_in_threadpool(self._get, model, object_id, answer)
+        return await in_read_thread(self._get, model, object_id, answer)
 
     def _get(
         self, model: type[R], object_id: str, answer: Callable[[Session, Team, R | None], T]
