@@ -16,6 +16,9 @@ polarity="light_on_dark" is a milder variant for comparison: bright recoloured s
 added onto dark colour textures, so the stroke keeps the source's polarity and the shift
 is one of colour, texture and contrast only.
 
+polarity="mnist_m" is the published recipe itself (bench/mnist_m.py): each digit, as a
+mask, inverts the colours of a patch cut at random from a real colour photo.
+
 The split keeps source and target digits disjoint. `target_train` carries labels only so
 that a benchmark can train an upper bound on it; adaptation gets its `.images` alone.
 `target_test` is labelled and used for evaluation only.
@@ -34,7 +37,7 @@ from tests.worker.conftest import digits_images, imageset
 from worker.training.types import ImageSet
 
 CLASS_NAMES = [str(d) for d in range(10)]
-Polarity = Literal["dark_on_light", "light_on_dark"]
+Polarity = Literal["dark_on_light", "light_on_dark", "mnist_m"]
 # Background brightness range per channel, and the stroke colour's (darkening) range:
 # BACKGROUND[0] >= STROKE[1] keeps every stroke darker than what it is drawn on.
 BACKGROUND = (0.55, 1.0)
@@ -87,6 +90,10 @@ def render_target(
     source: np.ndarray, seed: int, polarity: Polarity = "dark_on_light"
 ) -> np.ndarray:
     """MNIST-M-style rendering of uint8 (N, S, S, 3) source digits: |background - stroke|."""
+    if polarity == "mnist_m":
+        from bench.mnist_m import render
+
+        return render(source, seed)
     n, size = source.shape[0], source.shape[1]
     rng = np.random.default_rng([seed, 1])
     stroke = torch.from_numpy(source[..., :1].astype(np.float32) / 255)  # (N, S, S, 1)
