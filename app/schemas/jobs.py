@@ -129,8 +129,13 @@ class DomainAdaptation(InputModel):
         description="tent, dann, pseudo_label; null: the method's default",
         examples=[0.0001],
     )
-    epochs: int = Field(
-        5, ge=1, le=200, description="dann: epochs; pseudo_label: epochs per round", examples=[5]
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description="dann: epochs (default 20); pseudo_label: epochs per round (default 5); "
+        "null: the method's default",
+        examples=[20],
     )
     threshold: float = Field(
         0.9,

@@ -56,6 +56,10 @@ class AdaptJob:
         lr = self.option("learning_rate")
         return float(default if lr is None else lr)
 
+    def epochs(self, default: int) -> int:
+        epochs = self.option("epochs")
+        return int(default if epochs is None else epochs)
+
     @property
     def method(self) -> str:
         return str(self.options["method"])

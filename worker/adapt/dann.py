@@ -8,10 +8,19 @@ lambda_p = domain_loss_weight * (2 / (1 + exp(-10 p)) - 1), p the progress in [0
 the classifier can learn something before it pushes on the features; the learning rate
 anneals as lr / (1 + 10 p) ** 0.75, also as in the paper.
 
-The model trains under the job's strategy (full, or partial's last blocks), except that
-a linear probe trains in full: aligning features needs a backbone that can move. Source
-and target batches go through the backbone together (as Ganin et al. and the
-Transfer-Learning-Library do), so BatchNorm statistics come from both domains.
+The recipe is the published one (the paper's, and the Transfer-Learning-Library's
+`examples/domain_adaptation/image_classification/dann.py`): SGD with Nesterov momentum
+0.9 and weight decay 1e-3 at 0.01, the whole trainable backbone at the head's rate (not
+the job's reduced backbone rate: features held back that way never became domain
+invariant), a domain classifier of two hidden layers of 1024 units with BatchNorm, and
+20 epochs. The model trains under the job's strategy (full, or partial's last blocks),
+except that a linear probe trains in full: aligning features needs a backbone that can
+move. Source and target batches go through the backbone together (as Ganin et al. and
+TLlib do), so BatchNorm statistics come from both domains.
+
+On the MNIST-M benchmark (bench/mnist_m.py, BENCHMARKS.md) the earlier recipe (AdamW at
+1e-3, the backbone at a tenth of it, 256 hidden units, 5 epochs) left the domain
+classifier 79-89 % accurate and gained 5.8 points; this one takes it to about 60 %.
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from torch import nn
 from worker.adapt.common import AdaptJob, cycled_batches
 from worker.training import engine, registry, strategies
 
-# AdamW at the rate a `full` job uses by default (backbone at cfg.backbone_lr_multiplier of
-# it, like the training job); options.learning_rate overrides it.
-DEFAULT_LR = 1e-3
-HIDDEN = 256
+# SGD's initial rate (options.learning_rate overrides it), momentum and weight decay, as
+# in TLlib's DANN; every trainable layer, backbone included, starts at this rate.
+DEFAULT_LR = 0.01
+MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3
+DEFAULT_EPOCHS = 20
+HIDDEN = 1024  # TLlib's DomainDiscriminator
 # Ganin et al.'s annealing: lr_p = lr / (1 + ALPHA p) ** BETA.
 ALPHA, BETA = 10.0, 0.75
 GAMMA = 10.0  # steepness of the reversal weight ramp
@@ -77,7 +88,13 @@ class _Trainer:
         self.job = job
         strategy = "full" if job.cfg.strategy == "linear_probe" else job.cfg.strategy
         lr = job.learning_rate(DEFAULT_LR)
-        self.cfg = replace(job.cfg, strategy=strategy, learning_rate=lr, warmup_epochs=0)
+        self.cfg = replace(
+            job.cfg,
+            strategy=strategy,
+            learning_rate=lr,
+            warmup_epochs=0,
+            backbone_lr_multiplier=1.0,
+        )
         arch = self.cfg.architecture
         self.features = registry.feature_extractor(job.model, arch)
         self.head = registry.head(job.model, arch)
@@ -86,13 +103,15 @@ class _Trainer:
         self.critic = domain_classifier(head_in).to(job.device)
         groups = strategies.param_groups(job.model, self.cfg)
         groups.append({"params": list(self.critic.parameters()), "lr": lr})
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            groups, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True
+        )
         self.precision = engine.resolve_precision(self.cfg, job.device)
         self.source = engine.ImageInputs(
             job.source_train, self.cfg, job.device, augmentation=self.cfg.augmentation
         )
         self.target = job.target_inputs(self.cfg.augmentation)
-        epochs = int(job.option("epochs"))
+        epochs = job.epochs(DEFAULT_EPOCHS)
         # An epoch is a pass over the larger domain; the smaller one cycles.
         self.n_steps = -(-max(len(self.source), len(self.target)) // self.cfg.batch_size)
         self.total_steps = epochs * self.n_steps
@@ -157,7 +176,7 @@ class _Trainer:
 
 def run(job: AdaptJob) -> list[dict[str, Any]]:
     trainer = _Trainer(job)
-    epochs = int(job.option("epochs"))
+    epochs = job.epochs(DEFAULT_EPOCHS)
     for epoch in range(1, epochs + 1):
         job.record("epoch", epoch, epochs, trainer.epoch(epoch))
     return job.history

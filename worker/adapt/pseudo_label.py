@@ -26,6 +26,9 @@ from worker.training.types import Hooks, ImageSet, TrainConfig
 # overrides the product.
 DEFAULT_LR_FACTOR = 0.3
 
+# Epochs of training per label-and-train round.
+DEFAULT_EPOCHS = 5
+
 
 def select(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the images predicted with confidence >= threshold, and their labels."""
@@ -37,7 +40,7 @@ def round_config(job: AdaptJob, round_: int) -> TrainConfig:
     cfg = job.cfg
     return replace(
         cfg,
-        epochs=int(job.option("epochs")),
+        epochs=job.epochs(DEFAULT_EPOCHS),
         learning_rate=job.learning_rate(cfg.learning_rate * DEFAULT_LR_FACTOR),
         # The head is trained already: no head-only warm-up, and a fresh shuffle per round.
         warmup_epochs=0,
