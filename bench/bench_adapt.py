@@ -38,7 +38,7 @@ from worker.training import engine, registry
 from worker.training.types import Hooks, ImageSet, TrainConfig
 
 CPU = torch.device("cpu")
-METHODS = ("adabn", "tent", "dann", "pseudo_label")
+METHODS = ("adabn", "tent", "dann", "mcc", "pseudo_label")
 # Source training recipes: the job spec's hyperparameters that differ between them.
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {"augmentation": "light"},
@@ -124,6 +124,11 @@ def _detail(method: str, history: list[dict[str, Any]], report: dict[str, Any]) 
         notes.append("domain acc/epoch " + " ".join(f"{h['domain_accuracy']:.2f}" for h in history))
     if method == "pseudo_label":
         notes.append("pseudo-labels/round " + " ".join(str(h["pseudo_labels"]) for h in history))
+    if method == "mcc":
+        notes.append(
+            f"class confusion {history[0]['class_confusion']:.3f} -> "
+            f"{history[-1]['class_confusion']:.3f}"
+        )
     if method == "tent":
         notes.append(f"entropy {history[0]['entropy']:.2f} -> {history[-1]['entropy']:.2f}")
     if "target_eval_accuracy" in report:

@@ -105,10 +105,12 @@ class Hyperparameters(InputModel):
 class DomainAdaptation(InputModel):
     """Adapt the trained model to unlabeled images of the deployment domain."""
 
-    method: Literal["adabn", "tent", "dann", "pseudo_label"] = Field(
+    method: Literal["adabn", "tent", "dann", "mcc", "pseudo_label"] = Field(
         description="adabn: re-estimate BatchNorm statistics on the target; tent: minimise "
         "prediction entropy on the target (normalisation scale and shift only); dann: "
-        "domain-adversarial fine-tuning; pseudo_label: self-training on confident targets",
+        "domain-adversarial fine-tuning; mcc: fine-tuning that minimises the class "
+        "confusion of the target predictions; pseudo_label: self-training on confident "
+        "targets",
         examples=["adabn"],
     )
     target_dataset_id: ObjectId = Field(
@@ -126,14 +128,14 @@ class DomainAdaptation(InputModel):
         None,
         gt=0,
         le=1,
-        description="tent, dann, pseudo_label; null: the method's default",
+        description="tent, dann, mcc, pseudo_label; null: the method's default",
         examples=[0.0001],
     )
     epochs: int | None = Field(
         None,
         ge=1,
         le=200,
-        description="dann: epochs (default 20); pseudo_label: epochs per round (default 5); "
+        description="dann, mcc: epochs (default 20); pseudo_label: epochs per round (default 5); "
         "null: the method's default",
         examples=[20],
     )
@@ -151,8 +153,16 @@ class DomainAdaptation(InputModel):
         1.0,
         gt=0,
         le=10,
-        description="dann: the largest weight of the reversed gradient",
+        description="dann: the largest weight of the reversed gradient; mcc: the weight of "
+        "the class-confusion loss",
         examples=[1.0],
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="mcc: the softmax temperature of the target predictions (default 2.5)",
+        examples=[2.5],
     )
 
 

@@ -181,6 +181,15 @@ def test_dann_records_the_domain_loss_per_epoch(ctx: dict[str, Any]) -> None:
     assert all(np.isfinite(h["domain_loss"]) for h in history)
 
 
+def test_mcc_records_the_class_confusion_per_epoch(ctx: dict[str, Any]) -> None:
+    job = run(ctx, {"method": "mcc", "epochs": 2, "temperature": 2.0})
+    report = job["report"]["domain_adaptation"]
+    assert report["method"] == "mcc" and report["options"]["temperature"] == 2.0
+    history = report["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(0 <= h["class_confusion"] <= 1 for h in history)
+
+
 def test_pseudo_label_rounds_are_reported(ctx: dict[str, Any]) -> None:
     job = run(ctx, {"method": "pseudo_label", "rounds": 1, "epochs": 1, "threshold": 0.5})
     report = job["report"]["domain_adaptation"]

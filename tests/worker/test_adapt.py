@@ -19,6 +19,7 @@ from worker.adapt import (
     AdaptResult,
     adabn,
     adapt,
+    mcc,
     pseudo_label,
     report,
 )
@@ -237,6 +238,44 @@ def test_dann_records_domain_loss_per_epoch(trained: Trained) -> None:
         ("dann", "epoch", 1, 2),
         ("dann", "epoch", 2, 2),
     ]
+    if result.kept == "adapted":
+        assert _changed(trained.state, result.state_dict)
+
+
+# ---------------------------------------------------------------- mcc
+
+
+def test_class_confusion_is_zero_for_separate_classes_and_grows_with_shared_images() -> None:
+    confident = torch.tensor([[20.0, 0, 0], [0, 20.0, 0], [0, 0, 20.0], [20.0, 0, 0]])
+    assert mcc.class_confusion(confident, temperature=1.0).item() == pytest.approx(0, abs=1e-6)
+    # Uniform predictions put every image in every class: rows of C are all 1/3.
+    uniform = torch.zeros(4, 3)
+    assert mcc.class_confusion(uniform, temperature=1.0).item() == pytest.approx(2 / 3)
+    between = torch.tensor([[2.0, 1.0, 0], [1.0, 2.0, 0], [0, 0, 3.0], [2.0, 0, 1.0]])
+    value = mcc.class_confusion(between, temperature=1.0).item()
+    assert 0 < value < 2 / 3
+    # A higher temperature softens the predictions: more confusion.
+    assert mcc.class_confusion(between, temperature=2.5).item() > value
+
+
+def test_mcc_lowers_the_targets_class_confusion_and_records_it_per_epoch(
+    trained: Trained,
+) -> None:
+    events: list[dict[str, Any]] = []
+    hooks = Hooks(on_event=lambda kind, data: events.append(data))
+    result = _adapt(
+        trained,
+        {"method": "mcc", "epochs": 3},
+        hooks=hooks,
+        source_train=_head(trained.data.source_train, 64),
+    )
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    confusion = [h["class_confusion"] for h in result.history]
+    assert all(0 <= c <= 1 for c in confusion)
+    assert confusion[-1] < confusion[0], confusion
+    assert [(e["method"], e["index"], e["total"]) for e in events] == [
+        ("mcc", 1, 3), ("mcc", 2, 3), ("mcc", 3, 3),
+    ]  # fmt: skip
     if result.kept == "adapted":
         assert _changed(trained.state, result.state_dict)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.adapt import adabn, dann, pseudo_label, report, tent
+from worker.adapt import adabn, dann, mcc, pseudo_label, report, tent
 from worker.adapt.common import AdaptJob, AdaptResult, preserved_modes
 from worker.errors import AdaptationNotApplicable
 from worker.training import checkpoint, engine
@@ -22,6 +22,7 @@ METHODS: dict[str, Method] = {
     "adabn": adabn.run,
     "tent": tent.run,
     "dann": dann.run,
+    "mcc": mcc.run,
     "pseudo_label": pseudo_label.run,
 }
 # Checked before anything runs, so an inapplicable spec fails fast.
