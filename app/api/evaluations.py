@@ -16,7 +16,7 @@ from app.api.deps import (
     SessionDep,
     StorageDep,
 )
-from app.api.responses import as_json
+from app.api.responses import as_json, replayed, run_fields
 from app.db.models import Job, Team
 from app.errors import found
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
@@ -32,19 +32,11 @@ def to_read(job: Job) -> EvaluationRead:
     spec = job.spec
     return EvaluationRead.model_validate(
         {
-            "id": job.id,
-            "status": job.status,
+            **run_fields(job),
             "model_id": spec["model_id"],
             "dataset_id": spec["dataset_id"],
             "artifact": spec.get("artifact", "safetensors"),
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "progress": job.progress,
             "result": job.report if job.status == "succeeded" else None,
-            "error": job.error,
-            "attempt": job.attempt,
-            "cancel_requested": job.cancel_requested,
         }
     )
 
@@ -70,9 +62,7 @@ def create_evaluation(
     job, created = service.create_evaluation(
         session, storage, team, model_id, body, idempotency_key
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
+    replayed(response, created)
     response.headers["Location"] = f"/v1/evaluations/{job.id}"
     return to_read(job)
 

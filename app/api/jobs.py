@@ -16,7 +16,7 @@ from app.api.deps import (
     StorageDep,
 )
 from app.api.event_streams import hub
-from app.api.responses import as_json
+from app.api.responses import as_json, replayed, run_fields
 from app.db.models import Job, Team
 from app.errors import found
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
@@ -33,19 +33,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 def to_read(job: Job) -> JobRead:
     return JobRead.model_validate(
         {
-            "id": job.id,
-            "status": job.status,
+            **run_fields(job),
             "spec": job.spec,
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "progress": job.progress,
             "metrics": job.metrics or [],
             "report": job.report,
             "result": {"model_id": job.result_model_id} if job.result_model_id else None,
-            "error": job.error,
-            "attempt": job.attempt,
-            "cancel_requested": job.cancel_requested,
         }
     )
 
@@ -65,9 +57,7 @@ def create_job(
 ) -> JobRead:
     """Create a fine-tuning job; it is queued, then picked up by a worker."""
     job, created = service.create_job_idempotent(session, team, body, idempotency_key)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
+    replayed(response, created)
     return to_read(job)
 
 

@@ -7,8 +7,34 @@ as much as building the answer. The routes keep `response_model=` for the OpenAP
 
 from __future__ import annotations
 
-from fastapi import Response
+from typing import Any
+
+from fastapi import Response, status
 from pydantic import BaseModel
+
+from app.db.models import Job
+
+
+def run_fields(job: Job) -> dict[str, Any]:
+    """The fields a job and an evaluation share: where the run is and how it ended."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "progress": job.progress,
+        "error": job.error,
+        "attempt": job.attempt,
+        "cancel_requested": job.cancel_requested,
+    }
+
+
+def replayed(response: Response, created: bool) -> None:
+    """An Idempotency-Key's replay answers 200 and says so; a creation keeps its 201/202."""
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 def as_json(model: BaseModel, status_code: int = 200) -> Response:

@@ -234,6 +234,12 @@ def test_dann_records_domain_loss_per_epoch(trained: Trained) -> None:
         assert 0 <= h["domain_accuracy"] <= 1 and np.isfinite(h["classification_loss"])
     # The reversal weight ramps up towards domain_loss_weight.
     assert 0 < result.history[0]["reversal_weight"] < result.history[1]["reversal_weight"] <= 1
+    first, last = (f"{h['domain_accuracy']:.0%}" for h in (result.history[0], result.history[-1]))
+    summary = result.report["summary"]
+    assert f"domain classifier told source from target {first} of the time in the first" in summary
+    assert f"and {last} in the last" in summary
+    verdict = "kept the adapted" if result.kept == "adapted" else "refused the adapted"
+    assert f"The guard {verdict} model" in summary
     assert [(e["method"], e["unit"], e["index"], e["total"]) for e in events] == [
         ("dann", "epoch", 1, 2),
         ("dann", "epoch", 2, 2),
@@ -353,6 +359,11 @@ def test_guard_keeps_the_unadapted_model_when_predictions_collapse(
     assert "collapsed" in result.report["guard_reason"]
     assert not _changed(trained.state, result.state_dict)
     assert not _changed(trained.state, model.state_dict())  # the model is restored too
+    # The report says it in words: the verdict, the reason, the cost on the source.
+    summary = result.report["summary"]
+    assert summary.startswith("one_class ran.")
+    assert "The guard refused the adapted model (predictions collapsed" in summary
+    assert "kept the trained one" in summary and "Source validation accuracy" in summary
 
 
 def test_guard_refuses_a_lower_target_eval_accuracy(

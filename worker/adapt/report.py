@@ -175,6 +175,40 @@ def build(
     return report
 
 
+def summary(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """What happened, in words: the method, how far it moved what it optimises, the
+    guard's verdict and what it cost on the source."""
+    method = report["method"]
+    said = [f"{method} ran"]
+    if history and "domain_accuracy" in history[0]:
+        first, last = history[0]["domain_accuracy"], history[-1]["domain_accuracy"]
+        said[0] += (
+            f"; its domain classifier told source from target {first:.0%} of the time in "
+            f"the first epoch and {last:.0%} in the last (50 % is chance: aligned features)"
+        )
+    elif history and "class_confusion" in history[0]:
+        first, last = history[0]["class_confusion"], history[-1]["class_confusion"]
+        said[0] += f"; the target's class confusion went from {first:.3f} to {last:.3f}"
+    if report["kept"] == "adapted":
+        said.append("The guard kept the adapted model")
+    else:
+        reason = report["guard_reason"]
+        said.append(f"The guard refused the adapted model ({reason}) and kept the trained one")
+    src = report["source_val_accuracy"]
+    cost = 100 * (src["after"] - src["before"])
+    said.append(
+        f"Source validation accuracy went from {src['before']:.1%} to {src['after']:.1%} "
+        f"({cost:+.1f} points) with the adapted weights"
+    )
+    if "target_eval_accuracy" in report:
+        tgt = report["target_eval_accuracy"]
+        said.append(
+            f"On the labelled target set, accuracy went from {tgt['before']:.1%} to "
+            f"{tgt['after']:.1%}"
+        )
+    return ". ".join(said) + "."
+
+
 def _pair(before: Any, after: Any) -> dict[str, Any]:
     return {"before": before, "after": after}
 

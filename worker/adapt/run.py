@@ -77,7 +77,9 @@ def adapt(
     return AdaptResult(
         state_dict=state,
         kept="unadapted" if reason else "adapted",
-        report=report.build(method, dict(options), before, after, names, reason),
+        report=_with_summary(
+            report.build(method, dict(options), before, after, names, reason), history
+        ),
         history=history,
     )
 
@@ -92,3 +94,7 @@ def _check_target(target: np.ndarray, cfg: TrainConfig) -> None:
     # BatchNorm in train mode (adabn, tent, dann) cannot take a batch of one image.
     if len(target) < 2:
         raise ValueError(f"domain adaptation needs at least 2 target images, got {len(target)}")
+
+
+def _with_summary(built: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**built, "summary": report.summary(built, history)}

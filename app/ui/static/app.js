@@ -691,7 +691,8 @@ function exportTable(variants, recommended) {
 function adaptation(a) {
   const pair = (label, p, fmt = pct) => (p ? h('tr', {}, h('th', { scope: 'row' }, label), h('td', {}, fmt(p.before)), h('td', {}, fmt(p.after))) : null);
   const t = a.target || {};
-  const out = [dl([['Method', a.method], ['Kept', a.kept], ['Target images', t.num_images], a.guard_reason ? ['Guard', a.guard_reason] : null]),
+  const out = [a.summary ? h('p', { class: 'summary' }, a.summary) : null,
+    dl([['Method', a.method], ['Kept', a.kept], ['Target images', t.num_images], a.guard_reason ? ['Guard', a.guard_reason] : null]),
     table(['', 'Before', 'After'], [pair('Source val accuracy', a.source_val_accuracy), pair('Target eval accuracy', a.target_eval_accuracy),
       pair('Top class share (target)', t.top_class_share), pair('Mean confidence (target)', t.mean_confidence)].filter(Boolean))];
   if (a.history && a.history.length) {
