@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -219,30 +220,40 @@ def test_tent_changes_only_normalisation_affine_parameters(trained: Trained) -> 
 # ---------------------------------------------------------------- dann
 
 
-def test_dann_records_domain_loss_per_epoch(trained: Trained) -> None:
+def test_dann_makes_the_domains_harder_to_tell_apart_and_records_it_per_epoch(
+    trained: Trained,
+) -> None:
     events: list[dict[str, Any]] = []
     hooks = Hooks(on_event=lambda kind, data: events.append(data))
     result = _adapt(
         trained,
-        {"method": "dann", "epochs": 2},
+        {"method": "dann", "epochs": 6},
         hooks=hooks,
         source_train=_head(trained.data.source_train, 64),
     )
-    assert [h["epoch"] for h in result.history] == [1, 2]
-    for h in result.history:
+    history = result.history
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    for h in history:
         assert np.isfinite(h["domain_loss"]) and h["domain_loss"] > 0
         assert 0 <= h["domain_accuracy"] <= 1 and np.isfinite(h["classification_loss"])
+    # The domain classifier's accuracy falls towards chance (0.5) as the features align.
+    # Measured on this fixture's recipe over seeds 0-9: the mean of the first two epochs
+    # 0.67-0.76, of the last two 0.27-0.51; the drop 0.20-0.42 (0.42 on seed 0).
+    early = np.mean([h["domain_accuracy"] for h in history[:2]])
+    late = np.mean([h["domain_accuracy"] for h in history[-2:]])
+    assert early - late >= 0.1 and late <= 0.6, [h["domain_accuracy"] for h in history]
     # The reversal weight ramps up towards domain_loss_weight.
-    assert 0 < result.history[0]["reversal_weight"] < result.history[1]["reversal_weight"] <= 1
-    first, last = (f"{h['domain_accuracy']:.0%}" for h in (result.history[0], result.history[-1]))
+    weights = [h["reversal_weight"] for h in history]
+    assert weights[0] > 0 and weights[-1] <= 1
+    assert all(a < b for a, b in itertools.pairwise(weights))
+    first, last = (f"{h['domain_accuracy']:.0%}" for h in (history[0], history[-1]))
     summary = result.report["summary"]
     assert f"domain classifier told source from target {first} of the time in the first" in summary
     assert f"and {last} in the last" in summary
     verdict = "kept the adapted" if result.kept == "adapted" else "refused the adapted"
     assert f"The guard {verdict} model" in summary
     assert [(e["method"], e["unit"], e["index"], e["total"]) for e in events] == [
-        ("dann", "epoch", 1, 2),
-        ("dann", "epoch", 2, 2),
+        ("dann", "epoch", i, 6) for i in range(1, 7)
     ]
     if result.kept == "adapted":
         assert _changed(trained.state, result.state_dict)
