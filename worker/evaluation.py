@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file
 
 from app.architectures import ARCHITECTURES
-from worker.errors import DatasetError, IncompatibleWeights, ModelFilesMissing
+from app.services.inference import softmax
+from worker.errors import DatasetError, ModelFilesMissing
 from worker.export.artifacts import FILE_NAMES
 from worker.export.evaluate import Normalization, onnx_logits, torch_logits
+from worker.job_inputs import load_saved
 from worker.training import data, engine, metrics, registry
 from worker.training.types import StopReason, TrainingStopped
 
@@ -75,7 +76,7 @@ def evaluate(
     arch = ARCHITECTURES[subject.architecture]
     norm = Normalization.of(arch.mean, arch.std)
     logits = _logits(subject, images.images, norm, on_batch)
-    probs = _softmax(logits)
+    probs = softmax(logits)
     report = metrics.classification_report(
         images.labels, probs.argmax(1), probs, subject.classes, images.paths
     )
@@ -92,22 +93,16 @@ def _logits(
         path = subject.model_dir / "model.safetensors"
         if not path.is_file():
             raise ModelFilesMissing(f"the model's weights are gone from the store ({path.name})")
-        try:
-            model = registry.build_from_state(
-                subject.architecture, len(subject.classes), load_file(str(path)), subject.image_size
-            )
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
-            raise IncompatibleWeights(
-                f"the model's weights do not fit {subject.architecture}: {exc}"
-            ) from exc
+        arch, n, size = subject.architecture, len(subject.classes), subject.image_size
+        model = load_saved(
+            path,
+            subject.model_dir.name,
+            arch,
+            lambda s: registry.build_from_state(arch, n, s, size),
+        )
         model.to(engine.select_device())
         return torch_logits(model, images, norm, on_batch=on_batch)
     path = subject.model_dir / FILE_NAMES[subject.artifact]
     if not path.is_file():
         raise ModelFilesMissing(f"the model has no {subject.artifact} file ({path.name})")
     return onnx_logits(path, images, norm, on_batch=on_batch)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return np.asarray(shifted / shifted.sum(axis=1, keepdims=True))

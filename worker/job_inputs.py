@@ -3,7 +3,9 @@ the model to start from (ImageNet weights, none, or an earlier model of the team
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,20 +70,37 @@ def build_model(
             allow_download=settings.allow_weight_download,
         )
     weights_path = storage.model_dir(job.base.id) / "model.safetensors"
-    try:
-        state = load_file(str(weights_path))
-        if job.base.kind == "backbone":
-            return registry.build_from_backbone(
-                cfg.architecture, cfg.num_classes, state, cfg.image_size
-            )
-        model = registry.build_from_state(
-            cfg.architecture, len(job.base.classes), state, cfg.image_size
+    arch, size, base = cfg.architecture, cfg.image_size, job.base
+    if base.kind == "backbone":
+        return load_saved(
+            weights_path,
+            base.id,
+            arch,
+            lambda state: registry.build_from_backbone(arch, cfg.num_classes, state, size),
         )
+    model = load_saved(
+        weights_path,
+        base.id,
+        arch,
+        lambda state: registry.build_from_state(arch, len(base.classes), state, size),
+    )
+    return registry.replace_head(model, cfg.architecture, cfg.num_classes)
+
+
+def load_saved(
+    path: Path,
+    model_id: str,
+    architecture: str,
+    build: Callable[[dict[str, torch.Tensor]], torch.nn.Module],
+) -> torch.nn.Module:
+    """build(state) from a model's safetensors file; IncompatibleWeights when the file
+    cannot be read or its tensors do not fit `architecture`."""
+    try:
+        return build(load_file(str(path)))
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise IncompatibleWeights(
-            f"the weights of {job.base.id} do not fit {cfg.architecture}: {exc}"
+            f"the weights of {model_id} do not fit {architecture}: {exc}"
         ) from exc
-    return registry.replace_head(model, cfg.architecture, cfg.num_classes)
 
 
 def adaptation_data(

@@ -10,13 +10,13 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Model, Team
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, NotFound
 from app.repositories.base import Page
 from app.repositories.jobs import JobRepository
 from app.schemas.evaluations import EvaluationCreate, EvaluationSpec
 from app.services import jobs
 from app.services.idempotency import idempotent, request_hash
-from app.services.models import get_model
+from app.services.models import artifact_path, get_model
 from app.storage import Storage
 
 KIND = "evaluation"
@@ -80,17 +80,14 @@ def _check_model(storage: Storage, model: Model, artifact: str) -> None:
             code="model_has_no_head",
             param="model_id",
         )
-    files = {a["format"]: str(a["file"]) for a in model.artifacts}
-    if artifact not in files:
-        raise InvalidInput(
-            f"Model {model.id} has no {artifact} artifact; it has: "
-            f"{', '.join(f for f in files if f not in ('metadata', 'bundle'))}.",
-            code="artifact_not_found",
-            param="artifact",
-        )
-    if not (storage.model_dir(model.id) / files[artifact]).is_file():
+    try:
+        path = artifact_path(storage, model, artifact)
+    except NotFound as exc:
+        # Here the artifact is a field of the body: a 422 that names it.
+        raise InvalidInput(exc.message, code=exc.code, param="artifact") from exc
+    if not path.is_file():
         raise Conflict(
-            f"The files of model {model.id} are gone from the store ({files[artifact]}); "
+            f"The files of model {model.id} are gone from the store ({path.name}); "
             "it cannot be evaluated.",
             code="model_files_missing",
             param="model_id",

@@ -220,17 +220,22 @@ def test_tent_changes_only_normalisation_affine_parameters(trained: Trained) -> 
 # ---------------------------------------------------------------- dann
 
 
-def test_dann_makes_the_domains_harder_to_tell_apart_and_records_it_per_epoch(
-    trained: Trained,
-) -> None:
+def _joint_run(
+    trained: Trained, options: dict[str, Any]
+) -> tuple[AdaptResult, list[dict[str, Any]]]:
+    """A joint-training method (dann, mcc) on 64 source images, and the events it sent."""
     events: list[dict[str, Any]] = []
     hooks = Hooks(on_event=lambda kind, data: events.append(data))
     result = _adapt(
-        trained,
-        {"method": "dann", "epochs": 6},
-        hooks=hooks,
-        source_train=_head(trained.data.source_train, 64),
+        trained, options, hooks=hooks, source_train=_head(trained.data.source_train, 64)
     )
+    return result, events
+
+
+def test_dann_makes_the_domains_harder_to_tell_apart_and_records_it_per_epoch(
+    trained: Trained,
+) -> None:
+    result, events = _joint_run(trained, {"method": "dann", "epochs": 6})
     history = result.history
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
     for h in history:
@@ -278,14 +283,7 @@ def test_class_confusion_is_zero_for_separate_classes_and_grows_with_shared_imag
 def test_mcc_lowers_the_targets_class_confusion_and_records_it_per_epoch(
     trained: Trained,
 ) -> None:
-    events: list[dict[str, Any]] = []
-    hooks = Hooks(on_event=lambda kind, data: events.append(data))
-    result = _adapt(
-        trained,
-        {"method": "mcc", "epochs": 3},
-        hooks=hooks,
-        source_train=_head(trained.data.source_train, 64),
-    )
+    result, events = _joint_run(trained, {"method": "mcc", "epochs": 3})
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     confusion = [h["class_confusion"] for h in result.history]
     assert all(0 <= c <= 1 for c in confusion)

@@ -67,6 +67,8 @@ def domain_classifier(in_features: int) -> nn.Module:
 
 
 class _Trainer(JointTrainer):
+    stats = 1  # the domain classifier's hits
+
     def __init__(self, job: AdaptJob) -> None:
         head_in = registry.head(job.model, job.cfg.architecture).in_features
         assert isinstance(head_in, int)

@@ -39,7 +39,7 @@ class JointTrainer:
     numbers of the step it reports) and `metrics()` (the epoch's, from their sums).
     """
 
-    stats = 1  # how many numbers method_loss() returns besides its loss
+    stats = 0  # how many numbers method_loss() returns besides its loss
 
     def __init__(self, job: AdaptJob) -> None:
         self.job = job

@@ -42,7 +42,7 @@ class _Trainer(JointTrainer):
         self, feats: torch.Tensor, logits: torch.Tensor, n_source: int, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         loss = class_confusion(logits[n_source:], self.temperature) * self.weight
-        return loss, loss.detach().reshape(1)
+        return loss, loss.new_zeros(0)
 
     @property
     def temperature(self) -> float:
@@ -54,7 +54,7 @@ class _Trainer(JointTrainer):
         return float(self.job.option("domain_loss_weight"))
 
     def metrics(self, sums: list[float], seen: int, epoch: int) -> dict[str, float]:
-        loss, _ = sums
+        (loss,) = sums
         return {"class_confusion": loss / self.n_steps / self.weight}
 
 
