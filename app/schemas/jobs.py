@@ -105,12 +105,15 @@ class Hyperparameters(InputModel):
 class DomainAdaptation(InputModel):
     """Adapt the trained model to unlabeled images of the deployment domain."""
 
-    method: Literal["adabn", "tent", "dann", "mcc", "pseudo_label"] = Field(
+    method: Literal["adabn", "tent", "dann", "mcc", "pseudo_label", "auto"] = Field(
         description="adabn: re-estimate BatchNorm statistics on the target; tent: minimise "
         "prediction entropy on the target (normalisation scale and shift only); dann: "
         "domain-adversarial fine-tuning; mcc: fine-tuning that minimises the class "
         "confusion of the target predictions; pseudo_label: self-training on confident "
-        "targets",
+        "targets; auto: try adabn, tent, dann, mcc and pseudo_label in that order within "
+        "`time_budget_seconds` and keep the best on the labelled target set "
+        "(`target_eval_dataset_id`, required) if it beats the unadapted model by more than "
+        "chance",
         examples=["adabn"],
     )
     target_dataset_id: ObjectId = Field(
@@ -163,6 +166,14 @@ class DomainAdaptation(InputModel):
         le=100,
         description="mcc: the softmax temperature of the target predictions (default 2.5)",
         examples=[2.5],
+    )
+    time_budget_seconds: int = Field(
+        3600,
+        ge=1,
+        le=86_400,
+        description="auto: seconds for all candidates together; a candidate still running "
+        "when it is spent is stopped and discarded, later ones are skipped",
+        examples=[3600],
     )
 
 

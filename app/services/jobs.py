@@ -159,6 +159,13 @@ def _check_adaptation(
         kind="unlabeled",
         param="domain_adaptation.target_dataset_id",
     )
+    if da.method == "auto" and da.target_eval_dataset_id is None:
+        raise InvalidInput(
+            "auto keeps the method that scores best on labelled target images; give a "
+            "labeled dataset of the target domain in target_eval_dataset_id.",
+            code="target_eval_required",
+            param="domain_adaptation.target_eval_dataset_id",
+        )
     if da.target_eval_dataset_id is not None:
         param = "domain_adaptation.target_eval_dataset_id"
         evaluation = ready_dataset(

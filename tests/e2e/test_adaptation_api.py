@@ -211,3 +211,36 @@ def test_the_guard_keeps_the_unadapted_model_when_adaptation_fails(
     assert report["guard_reason"]
     assert "source validation accuracy fell" in report["guard_reason"]
     assert changed(baseline, weights(ctx, job)) == set()
+
+
+def test_auto_runs_every_candidate_and_ships_the_best_only_past_the_paired_test(
+    ctx: dict[str, Any], baseline: dict[str, torch.Tensor]
+) -> None:
+    options = {"epochs": 1, "rounds": 1, "steps": 10, "learning_rate": 1e-4}
+    job = run(ctx, {"method": "auto", **options})
+    report = job["report"]["domain_adaptation"]
+    a = report["auto"]
+    assert report["method"] == "auto"
+    assert [c["method"] for c in a["candidates"]] == [
+        "adabn",
+        "tent",
+        "dann",
+        "mcc",
+        "pseudo_label",
+    ]
+    assert all(
+        c["status"] == "ran" or c["status"].startswith("ineligible") for c in a["candidates"]
+    )
+    eligible = [c for c in a["candidates"] if c["status"] == "ran"]
+    assert eligible
+    best = max(eligible, key=lambda c: c["target_eval_accuracy"])
+    assert a["chosen"] == best["method"]
+    # The paired test counts the 90 labelled images each model gets right and wrong.
+    acc, test = report["target_eval_accuracy"], a["paired_test"]
+    assert acc["after"] == best["target_eval_accuracy"]
+    assert test["gained"] - test["lost"] == round(90 * (acc["after"] - acc["before"]))
+    assert test["alpha"] == pytest.approx(0.05 / len(eligible))
+    assert (report["kept"] == "adapted") == (test["p_value"] < test["alpha"])
+    shipped = changed(baseline, weights(ctx, job))
+    assert bool(shipped) == (report["kept"] == "adapted")
+    assert report["summary"].startswith("auto tried adabn, tent, dann, mcc, pseudo_label")

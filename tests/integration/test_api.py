@@ -331,11 +331,35 @@ def test_bad_domain_adaptation_combinations(api: Api, queue_len: Callable[[], in
             "domain_adaptation.target_eval_dataset_id",
         ),
         ({"target_dataset_id": target, "surprise": 1}, 422, "domain_adaptation.surprise"),
+        # auto keeps the best method on labelled target images: it needs them.
+        (
+            {"method": "auto", "target_dataset_id": target},
+            422,
+            "domain_adaptation.target_eval_dataset_id",
+        ),
+        (
+            {"method": "auto", "target_dataset_id": target, "target_eval_dataset_id": odd},
+            422,
+            "domain_adaptation.target_eval_dataset_id",
+        ),
+        (
+            {
+                "method": "auto",
+                "target_dataset_id": target,
+                "target_eval_dataset_id": labeled_target,
+                "time_budget_seconds": 0,
+            },
+            422,
+            "domain_adaptation.time_budget_seconds",
+        ),
     ]
     for adaptation, status, param in cases:
         spec = job_spec(source, domain_adaptation={"method": "tent", **adaptation})
         r = api.as_team(key, "POST", "/v1/jobs", json=spec)
         assert (r.status_code, r.json()["error"]["param"]) == (status, param), r.text
+        if adaptation.get("method") == "auto" and "target_eval_dataset_id" not in adaptation:
+            assert r.json()["error"]["code"] == "target_eval_required"
+            assert "labeled dataset of the target domain" in r.json()["error"]["message"]
     no_bn = job_spec(
         source,
         base_model="convnext_tiny",

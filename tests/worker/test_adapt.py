@@ -20,6 +20,7 @@ from worker.adapt import (
     AdaptResult,
     adabn,
     adapt,
+    auto,
     mcc,
     pseudo_label,
     report,
@@ -429,3 +430,181 @@ def test_guard_rules() -> None:
     # Target labels that improved do not excuse forgetting the source task.
     assert "source validation" in str(report.guard(_snap(spread, 0.5), _snap(spread, 0.8, 0.7)))
     assert "source validation" in str(report.guard(_snap(spread, src=0.9), _snap(spread, src=0.79)))
+
+
+# ---------------------------------------------------------------- auto
+
+
+def test_the_paired_test_counts_only_the_images_the_two_disagree_on() -> None:
+    before = np.array([True] * 30 + [False] * 20)
+    gained_8 = before.copy()
+    gained_8[30:38] = True
+    t = auto.paired_test(before, gained_8, compared=1)
+    assert (t.gained, t.lost) == (8, 0)
+    assert t.p_value == pytest.approx(1 / 2**8) and t.significant
+    # 6 gained and 4 lost: P(Bin(10, 1/2) >= 6) = 386/1024, noise.
+    mixed = gained_8.copy()
+    mixed[30:32] = False
+    mixed[:4] = False
+    t = auto.paired_test(before, mixed, compared=1)
+    assert (t.gained, t.lost) == (6, 4)
+    assert t.p_value == pytest.approx(386 / 1024) and not t.significant
+    # The level falls with the number of candidates compared (Bonferroni).
+    t = auto.paired_test(before, gained_8, compared=5)
+    assert t.alpha == pytest.approx(0.01) and t.significant  # 0.0039 < 0.01
+    assert auto.paired_test(before, before, compared=1).p_value == 1.0
+
+
+def _planted(before: report.Snapshot, right: int, src: float = 0.9) -> report.Snapshot:
+    """`before` with the first `right` images of the 50 now right, the rest as before."""
+    assert before.target_eval_correct is not None
+    correct = before.target_eval_correct.copy()
+    correct[:right] = True
+    return replace(
+        before,
+        source_val_accuracy=src,
+        target_eval_accuracy=float(correct.mean()),
+        target_eval_correct=correct,
+    )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+
+def _planted_runner(
+    afters: dict[str, report.Snapshot], clock: _Clock, seconds: float = 1.0
+) -> auto.Runner:
+    """Each candidate "takes" `seconds` on `clock`, asks to stop once, and ends at its
+    planted snapshot; a candidate missing from `afters` does not apply to the model."""
+
+    def run(method: str, hooks: Hooks) -> auto.Attempt:
+        if method not in afters:
+            raise AdaptationNotApplicable(f"{method} does not fit")
+        clock.now += seconds
+        hooks.should_stop()
+        return auto.Attempt(method, afters[method], {}, [{"epoch": 1}], seconds)
+
+    return run
+
+
+def _before(right: int = 25) -> report.Snapshot:
+    correct = np.arange(50) >= 50 - right  # the last `right` of 50 images
+    return report.Snapshot(0.9, 0.9, np.array([5] * 10), 0.5, float(correct.mean()), correct)
+
+
+def test_auto_keeps_the_best_candidate_when_it_beats_the_unadapted_model_clearly() -> None:
+    before, clock = replace(_before(), source_val_accuracy=0.97), _Clock()
+    afters = {
+        "adabn": _planted(before, 5),  # +5
+        "tent": _planted(before, 20, src=0.8),  # +20, but forgets the source task: ineligible
+        "dann": _planted(before, 15),  # +15, the best eligible one
+        "mcc": _planted(before, 15),  # a tie with dann: the earlier one wins
+    }
+    out = auto.choose(before, _planted_runner(afters, clock), Hooks(), 60, lambda: clock.now)
+    assert out.chosen is not None and out.chosen.method == "dann"
+    assert out.reason is None
+    assert out.test is not None and (out.test.gained, out.test.lost) == (15, 0)
+    assert out.test.alpha == pytest.approx(0.05 / 3)  # adabn, dann, mcc compared
+    status = {c["method"]: c["status"] for c in out.candidates}
+    assert [c["method"] for c in out.candidates] == list(auto.CANDIDATES)
+    assert status["adabn"] == status["dann"] == status["mcc"] == "ran"
+    assert status["tent"].startswith("ineligible: source validation accuracy fell")
+    assert status["pseudo_label"].startswith("not applicable")
+
+
+def test_auto_refuses_the_best_candidate_when_its_lead_is_within_noise() -> None:
+    # 3 more right out of 50 and none lost: p = 1/8, well above 0.05 / 2.
+    before, clock = _before(), _Clock()
+    afters = {"adabn": _planted(before, 3), "tent": _planted(before, 1)}
+    out = auto.choose(before, _planted_runner(afters, clock), Hooks(), 60, lambda: clock.now)
+    assert out.chosen is not None and out.chosen.method == "adabn"
+    assert out.test is not None and out.test.p_value == pytest.approx(1 / 8)
+    assert out.reason is not None and "not better than the unadapted model" in out.reason
+    assert "50 labelled target images" in out.reason
+
+
+def test_auto_stops_and_skips_candidates_past_the_time_budget() -> None:
+    before, clock = _before(), _Clock()
+    afters = {m: _planted(before, 10) for m in auto.CANDIDATES}
+    # 4 s each against a 10 s budget: adabn ends at 4, tent at 8, dann is stopped at 12.
+    run = _planted_runner(afters, clock, seconds=4)
+    out = auto.choose(before, run, Hooks(), 10, lambda: clock.now)
+    status = [c["status"] for c in out.candidates]
+    assert status[:2] == ["ran", "ran"]
+    assert status[2].startswith("stopped after 4 s: the time budget was spent")
+    assert status[3:] == ["skipped: the time budget was spent"] * 2
+    assert out.chosen is not None and out.chosen.method == "adabn"
+    # A real stop request is not the budget: it stops the job.
+    cancelled = Hooks(should_stop=lambda: "cancelled")
+    raising = _raising_runner()
+    with pytest.raises(TrainingStopped):
+        auto.choose(before, raising, cancelled, 10, lambda: 0.0)
+
+
+def _raising_runner() -> auto.Runner:
+    def run(method: str, hooks: Hooks) -> auto.Attempt:
+        reason = hooks.should_stop()
+        assert reason is not None
+        raise TrainingStopped(reason, 1, 1)
+
+    return run
+
+
+def _restore(state: Mapping[str, torch.Tensor]) -> Callable[[AdaptJob], list[dict[str, Any]]]:
+    def run(job: AdaptJob) -> list[dict[str, Any]]:
+        job.model.load_state_dict(state)
+        return [{"epoch": 1}]
+
+    return run
+
+
+def test_auto_through_adapt_ships_the_planted_best_method_and_reports_every_candidate(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model handed over is wrecked (every image to the class rarest on the labelled
+    # set: accuracy at most 1/10); dann's stand-in puts the trained weights back (over 0.4
+    # by the fixture's check), which no noise can explain; the others do nothing or wreck.
+    val = trained.data.source_val
+    counts = np.bincount(val.labels, minlength=10)
+    rarest, commonest = int(counts.argmin()), int(counts.argmax())
+    model = _model(trained)
+    _one_class_head(rarest)(
+        AdaptJob(model, {}, trained.cfg, val, val, val.images, CPU, Hooks(), CLASS_NAMES)
+    )
+    wrecked = {k: v.clone() for k, v in model.state_dict().items()}
+    nothing: Callable[[AdaptJob], list[dict[str, Any]]] = lambda job: []  # noqa: E731
+    for method, fake in {
+        "adabn": nothing,
+        "tent": _one_class_head(commonest),
+        "dann": _restore(trained.state),
+        "mcc": nothing,
+        "pseudo_label": _one_class_head(rarest),
+    }.items():
+        monkeypatch.setitem(adapt_run.METHODS, method, fake)
+    result = _adapt(trained, {"method": "auto"}, model=model, target=val.images, target_eval=val)
+    r = result.report
+    assert r["method"] == "auto" and r["auto"]["chosen"] == "dann"
+    assert result.kept == r["kept"] == "adapted"
+    assert not _changed(trained.state, result.state_dict)
+    assert not _changed(trained.state, model.state_dict())
+    acc = r["target_eval_accuracy"]
+    assert acc["before"] <= 0.1 < 0.4 < acc["after"]
+    assert [c["method"] for c in r["auto"]["candidates"]] == list(auto.CANDIDATES)
+    assert r["auto"]["paired_test"]["p_value"] < r["auto"]["paired_test"]["alpha"]
+    assert r["summary"].startswith("auto tried adabn, tent, dann, mcc, pseudo_label in that order")
+    assert "dann ran" in r["summary"] and "The guard kept the adapted model" in r["summary"]
+    # Every candidate doing nothing: no gain, so the trained (here: wrecked) model stays.
+    for method in auto.CANDIDATES:
+        monkeypatch.setitem(adapt_run.METHODS, method, nothing)
+    model.load_state_dict(wrecked)
+    result = _adapt(trained, {"method": "auto"}, model=model, target=val.images, target_eval=val)
+    assert result.kept == "unadapted" and result.report["auto"]["chosen"] == "adabn"
+    assert "not better than the unadapted model" in result.report["guard_reason"]
+    assert not _changed(wrecked, result.state_dict)
+
+
+def test_auto_needs_a_labelled_target_set(trained: Trained) -> None:
+    with pytest.raises(ValueError, match="labelled target evaluation set"):
+        _adapt(trained, {"method": "auto"})

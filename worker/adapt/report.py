@@ -54,6 +54,8 @@ class Snapshot:
     target_counts: np.ndarray  # predictions per class on the unlabeled target
     target_mean_confidence: float
     target_eval_accuracy: float | None
+    # Per labelled target image: predicted right? (auto's paired test compares these)
+    target_eval_correct: np.ndarray | None = None
 
     @property
     def top_share(self) -> float:
@@ -70,14 +72,18 @@ def snapshot(
 ) -> Snapshot:
     """`data` is (source train, source val)."""
     probs = engine.predict_proba(model, target, cfg, device)
+    correct = None
+    if target_eval is not None:
+        correct = engine.evaluate(model, target_eval, cfg, device)[2].argmax(1) == np.asarray(
+            target_eval.labels
+        )
     return Snapshot(
         source_val_accuracy=source_accuracy(model, cfg, device, *data),
         source_val_accuracy_as_shipped=engine.evaluate(model, data[1], cfg, device)[1],
         target_counts=np.bincount(probs.argmax(1), minlength=cfg.num_classes),
         target_mean_confidence=float(probs.max(1).mean()),
-        target_eval_accuracy=(
-            None if target_eval is None else engine.evaluate(model, target_eval, cfg, device)[1]
-        ),
+        target_eval_accuracy=None if correct is None else float(correct.mean()),
+        target_eval_correct=correct,
     )
 
 
@@ -100,7 +106,7 @@ def source_accuracy(
 
 def guard(before: Snapshot, after: Snapshot) -> str | None:
     """Why the adapted model must not ship, or None when it may (first failed check)."""
-    for check in (_target_eval_fell, _collapsed, _source_forgotten):
+    for check in (_target_eval_fell, _collapsed, source_forgotten):
         reason = check(before, after)
         if reason:
             return reason
@@ -126,7 +132,7 @@ def _collapsed(before: Snapshot, after: Snapshot) -> str | None:
     )
 
 
-def _source_forgotten(before: Snapshot, after: Snapshot) -> str | None:
+def source_forgotten(before: Snapshot, after: Snapshot) -> str | None:
     b, a = before.source_val_accuracy, after.source_val_accuracy
     if a >= b - MAX_SOURCE_VAL_DROP - _EPS:
         return None
@@ -178,17 +184,24 @@ def build(
 def summary(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """What happened, in words: the method, how far it moved what it optimises, the
     guard's verdict and what it cost on the source."""
+    said: list[str] = []
     method = report["method"]
-    said = [f"{method} ran"]
+    if "auto" in report:
+        said.append(_auto_summary(report["auto"]))
+        method = report["auto"]["chosen"]
+        if method is None:
+            return ". ".join(said) + ". The trained model was kept."
+    ran = f"{method} ran"
     if history and "domain_accuracy" in history[0]:
         first, last = history[0]["domain_accuracy"], history[-1]["domain_accuracy"]
-        said[0] += (
+        ran += (
             f"; its domain classifier told source from target {first:.0%} of the time in "
             f"the first epoch and {last:.0%} in the last (50 % is chance: aligned features)"
         )
     elif history and "class_confusion" in history[0]:
         first, last = history[0]["class_confusion"], history[-1]["class_confusion"]
-        said[0] += f"; the target's class confusion went from {first:.3f} to {last:.3f}"
+        ran += f"; the target's class confusion went from {first:.3f} to {last:.3f}"
+    said.append(ran)
     if report["kept"] == "adapted":
         said.append("The guard kept the adapted model")
     else:
@@ -207,6 +220,28 @@ def summary(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
             f"{tgt['after']:.1%}"
         )
     return ". ".join(said) + "."
+
+
+def _auto_summary(auto: dict[str, Any]) -> str:
+    ran = [c for c in auto["candidates"] if "target_eval_accuracy" in c]
+    scores = ", ".join(f"{c['method']} {c['target_eval_accuracy']:.1%}" for c in ran)
+    other = [f"{c['method']} {c['status']}" for c in auto["candidates"] if c["status"] != "ran"]
+    said = (
+        f"auto tried {', '.join(auto['order'])} in that order, in {auto['seconds']:.0f} s of a "
+        f"{auto['time_budget_seconds']:.0f} s budget"
+    )
+    if scores:
+        said += f"; on the labelled target set: {scores}"
+    if other:
+        said += f" ({'; '.join(other)})"
+    test = auto["paired_test"]
+    if test is not None:
+        said += (
+            f". Against the unadapted model, {auto['chosen']} got {test['gained']} images right "
+            f"that it had wrong and {test['lost']} wrong that it had right (paired test: "
+            f"p = {test['p_value']:.2g}, needs under {test['alpha']:.2g})"
+        )
+    return said
 
 
 def _pair(before: Any, after: Any) -> dict[str, Any]:

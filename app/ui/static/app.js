@@ -692,9 +692,14 @@ function adaptation(a) {
   const pair = (label, p, fmt = pct) => (p ? h('tr', {}, h('th', { scope: 'row' }, label), h('td', {}, fmt(p.before)), h('td', {}, fmt(p.after))) : null);
   const t = a.target || {};
   const out = [a.summary ? h('p', { class: 'summary' }, a.summary) : null,
-    dl([['Method', a.method], ['Kept', a.kept], ['Target images', t.num_images], a.guard_reason ? ['Guard', a.guard_reason] : null]),
+    dl([['Method', a.method], a.auto ? ['Chosen', a.auto.chosen || 'none'] : null, ['Kept', a.kept], ['Target images', t.num_images], a.guard_reason ? ['Guard', a.guard_reason] : null]),
     table(['', 'Before', 'After'], [pair('Source val accuracy', a.source_val_accuracy), pair('Target eval accuracy', a.target_eval_accuracy),
       pair('Top class share (target)', t.top_class_share), pair('Mean confidence (target)', t.mean_confidence)].filter(Boolean))];
+  if (a.auto) {
+    const rows = a.auto.candidates.map((c) => h('tr', {}, h('td', {}, c.method), h('td', {}, c.status),
+      h('td', {}, c.target_eval_accuracy == null ? '' : pct(c.target_eval_accuracy)), h('td', {}, c.seconds == null ? '' : String(c.seconds))));
+    out.push(h('h3', {}, 'Candidates'), table(['Method', 'Status', 'Target eval accuracy', 'Seconds'], rows));
+  }
   if (a.history && a.history.length) {
     const cols = [...new Set(a.history.flatMap((row) => Object.keys(row)))];
     out.push(h('h3', {}, 'History'), table(cols, a.history.map((row) => h('tr', {}, cols.map((c) => h('td', {}, typeof row[c] === 'number' ? +row[c].toFixed(4) : String(row[c] ?? '')))))));
