@@ -21,6 +21,7 @@ from app.body_limits import (
     too_large_response,
 )
 from app.config import get_settings
+from app.db.async_reads import close_readers
 from app.errors import AppError, RateLimited
 from app.schemas.common import FIELD_SENTENCE_ERRORS
 from app.ui import routes as ui
@@ -188,6 +189,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     yield
+    await close_readers()
 
 
 def create_app() -> FastAPI:

@@ -36,14 +36,19 @@ and redis-py's connection pool is shared by the threads of one process.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any
 
 import redis
+import redis.asyncio
 from pyrate_limiter import (
     Decision,
     Duration,
@@ -66,6 +71,8 @@ KEY_PREFIX = "graft:rl:"
 REDIS_RETRY_SECONDS = 5.0
 # In-process buckets kept before the full (idle) ones are dropped.
 MAX_MEMORY_BUCKETS = 100_000
+# Redis stores (one per identifier, small) kept for reuse.
+STORES_KEPT = 4096
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 _ALGORITHM = TokenBucket()
@@ -159,18 +166,41 @@ class _RedisBuckets:
     """pyrate-limiter's Redis store: one small hash per identifier, with a TTL."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=0.25, socket_connect_timeout=0.25, health_check_interval=30
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": 0.25,
+            "socket_connect_timeout": 0.25,
+            "health_check_interval": 30,
+        }
+        self.client: redis.Redis = redis.Redis.from_url(url, **options)
+        self._async_client = partial(redis.asyncio.Redis.from_url, url, **options)
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
         kw = self.client.connection_pool.connection_kwargs
         self.where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
         self._prefix = prefix
 
-    def _store(self, limit: _Limit, ident: str) -> StateStore:
-        return RedisStateStore(self.client, f"{self._prefix}{limit.kind}:{ident}")
+        # A store registers (hashes) its Lua script on first use: keeping the stores of
+        # recent identifiers makes that once per identifier, not once per request.
+        self._stores = lru_cache(maxsize=STORES_KEPT)(RedisStateStore)
+
+    def _store(self, limit: _Limit, ident: str, client: Any = None) -> StateStore:
+        store: StateStore = self._stores(
+            client or self.client, f"{self._prefix}{limit.kind}:{ident}"
+        )
+        return store
 
     def spend(self, limit: _Limit, ident: str, now: int) -> Decision:
         decision = self._store(limit, ident).check(_ALGORITHM, limit.rates, now, 1)
+        assert isinstance(decision, Decision)
+        return decision
+
+    async def spend_async(self, limit: _Limit, ident: str, now: int) -> Decision:
+        """spend() on redis.asyncio's client, for the event loop's own use."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            # A client per event loop: its connections belong to the loop.
+            self._async = (loop, self._async_client())
+        reply = self._store(limit, ident, self._async[1]).check(_ALGORITHM, limit.rates, now, 1)
+        decision = await reply if inspect.isawaitable(reply) else reply
         assert isinstance(decision, Decision)
         return decision
 
@@ -258,6 +288,32 @@ class RateLimits:
         if self.enabled:
             self._spend(self.failed_auth, address, fallback=True)
 
+    def count_failed_auth(self, address: str) -> None:
+        """A failed authentication from `address`: RateLimited (429) when it may not
+        try again yet, else counted. Spending refuses exactly where peeking would (a
+        refused request spends nothing), so one round trip does both."""
+        if not self.enabled:
+            return
+        decision = self._spend(self.failed_auth, address, fallback=True)
+        if decision is not None and not decision.allowed:
+            raise self.failed_auth.refused(decision)
+
+    # -- the same, in the event loop (the API's async hot path) --------------
+
+    async def hit_key_async(self, key_id: str) -> None:
+        if not self.enabled:
+            return
+        decision = await self._spend_async(self.per_key, key_id, fallback=False)
+        if decision is not None and not decision.allowed:
+            raise self.per_key.refused(decision)
+
+    async def count_failed_auth_async(self, address: str) -> None:
+        if not self.enabled:
+            return
+        decision = await self._spend_async(self.failed_auth, address, fallback=True)
+        if decision is not None and not decision.allowed:
+            raise self.failed_auth.refused(decision)
+
     def close(self) -> None:
         """Release the Redis connections (a later call opens them again)."""
         if self._redis is not None:
@@ -271,6 +327,17 @@ class RateLimits:
             assert self._redis is not None
             try:
                 return self._redis.spend(limit, ident, self._clock())
+            except (redis.RedisError, OSError) as exc:
+                self._redis_failed(exc)
+        if self._redis is None or fallback:
+            return self._memory.spend(limit, ident, self._local_clock())
+        return None
+
+    async def _spend_async(self, limit: _Limit, ident: str, *, fallback: bool) -> Decision | None:
+        if self._redis_usable():
+            assert self._redis is not None
+            try:
+                return await self._redis.spend_async(limit, ident, self._clock())
             except (redis.RedisError, OSError) as exc:
                 self._redis_failed(exc)
         if self._redis is None or fallback:

@@ -7,6 +7,7 @@ as much as building the answer. The routes keep `response_model=` for the OpenAP
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Response, status
@@ -14,20 +15,29 @@ from pydantic import BaseModel
 
 from app.db.models import Job
 
+# The fields a job and an evaluation share: where the run is and how it ended.
+RUN_FIELDS = (
+    "id",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "progress",
+    "error",
+    "attempt",
+    "cancel_requested",
+)
 
-def run_fields(job: Job) -> dict[str, Any]:
-    """The fields a job and an evaluation share: where the run is and how it ended."""
-    return {
-        "id": job.id,
-        "status": job.status,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "progress": job.progress,
-        "error": job.error,
-        "attempt": job.attempt,
-        "cancel_requested": job.cancel_requested,
-    }
+
+def fields_of(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """`names` of an ORM object, or of the plain row the hot path reads (a mapping)."""
+    if isinstance(row, Mapping):
+        return {n: row[n] for n in names}
+    return {n: getattr(row, n) for n in names}
+
+
+def run_fields(job: Job | Mapping[str, Any]) -> dict[str, Any]:
+    return fields_of(job, RUN_FIELDS)
 
 
 def replayed(response: Response, created: bool) -> None:

@@ -36,6 +36,27 @@ def _key_team_and(model: Any) -> Select[ApiKey, Team, Any]:
     )
 
 
+# What authentication reads of a key (services.teams: expiry, scope, rate limit, and
+# last_used_at), labelled apart from the object's columns.
+KEY_COLUMNS = ("id", "prefix", "scopes", "expires_at", "last_used_at")
+
+
+@cache
+def key_and_columns(model: Any, fields: tuple[str, ...]) -> Select[Any]:
+    """key_team_and's statement as plain columns, for the async hot path
+    (app/db/async_reads.py): the unrevoked key's KEY_COLUMNS as `key_<name>`, and the
+    `fields` of the team's `model` row `object_id` (all None when the team has none)."""
+    on = and_(model.id == bindparam("object_id"), model.team_id == ApiKey.team_id)
+    columns = [getattr(ApiKey, c).label(f"key_{c}") for c in KEY_COLUMNS]
+    columns += [getattr(model, f).label(f) for f in fields]
+    return (
+        select(*columns)
+        .select_from(ApiKey)
+        .outerjoin(model, on)
+        .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+    )
+
+
 class TeamRepository(RepositoryBase[Team, str]):
     model = Team
 
@@ -66,6 +87,13 @@ class TeamRepository(RepositoryBase[Team, str]):
         params = {"key_hash": key_hash, "object_id": object_id}
         row = self.session.execute(_key_team_and(owned), params).first()
         return None if row is None else (row[0], row[1], row[2])
+
+    def key_and_columns(
+        self, model: Any, fields: tuple[str, ...], params: dict[str, str]
+    ) -> dict[str, Any] | None:
+        """key_and_columns()'s row by column key, or None (no such key)."""
+        row = self.session.execute(key_and_columns(model, fields), params).mappings().first()
+        return None if row is None else dict(row)
 
     def keys(self, team_id: str) -> list[ApiKey]:
         stmt = select(ApiKey).where(ApiKey.team_id == team_id).order_by(ApiKey.id)

@@ -7,19 +7,23 @@ Scopes: `read` reads, downloads and predicts; `write` can also create, cancel an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.async_reads import AsyncReader
 from app.db.base import utcnow
 from app.db.models import ApiKey, Team
 from app.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from app.ids import new_id
 from app.rate_limits import get_rate_limits
-from app.repositories.teams import R, TeamRepository
+from app.repositories.teams import KEY_COLUMNS, R, TeamRepository, key_and_columns
 from app.security import KEY_PREFIX, constant_time_equal, generate_key, hash_key, new_webhook_secret
 
 SCOPES = ("read", "write")
@@ -114,7 +118,7 @@ def revoke_key(session: Session, team_id: str, key_id: str) -> ApiKey:
     return row
 
 
-def key_scopes(row: ApiKey) -> list[str]:
+def key_scopes(row: KeyFacts) -> list[str]:
     return row.scopes.split(",")
 
 
@@ -152,6 +156,89 @@ def _given(key: str | None) -> str:
     return key
 
 
+class KeyFacts(Protocol):
+    """What authentication needs of a key: an ApiKey row, or the hot path's KeyRow."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def scopes(self) -> str: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def last_used_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: str
+    prefix: str
+    scopes: str
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any] | None) -> KeyRow | None:
+        """From a row of repositories.teams.key_and_columns (None: no such key)."""
+        return cls(**{c: row[f"key_{c}"] for c in KEY_COLUMNS}) if row else None
+
+
+def refusal(key: KeyFacts | None, scope: str, now: datetime) -> Unauthorized | Forbidden | None:
+    """Why `key` (None: unknown or revoked) may not do `scope` now, or None."""
+    if key is None:
+        return Unauthorized("Unknown or revoked API key.")
+    if key.expires_at is not None and key.expires_at <= now:
+        return Unauthorized(
+            f"API key {key.prefix}… expired at {key.expires_at.isoformat()}; "
+            "ask your admin for a new one.",
+            code="key_expired",
+        )
+    if scope not in key_scopes(key):
+        return Forbidden(
+            f"API key {key.prefix}… has the `read` scope only; creating, cancelling and "
+            "deleting need a key with the `write` scope.",
+            code="insufficient_scope",
+        )
+    return None
+
+
+def stale(key: KeyFacts, now: datetime) -> bool:
+    """Whether the key's last_used_at is due for a write (once per resolution)."""
+    return key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION
+
+
+def admit(key: KeyFacts | None, scope: str, address: str | None) -> bool:
+    """Raises unless `key` (None: unknown or revoked) may do `scope` now, and counts
+    the request against its rate limit; True when its last_used_at is due a write."""
+    now = utcnow()
+    refused = refusal(key, scope, now)
+    if isinstance(refused, Unauthorized):
+        # Counted only on failure: a right key costs no extra round trip, and 256-bit
+        # keys cannot be guessed; the limit stops floods of wrong ones (429, not 401).
+        get_rate_limits().count_failed_auth(address or "unknown")
+    if refused is not None:
+        raise refused
+    assert key is not None
+    get_rate_limits().hit_key(key.id)
+    return stale(key, now)
+
+
+async def admit_async(key: KeyFacts | None, scope: str, address: str | None) -> bool:
+    """admit() in the event loop: the same checks, the rate limits counted on the
+    async Redis client."""
+    now = utcnow()
+    refused = refusal(key, scope, now)
+    if isinstance(refused, Unauthorized):
+        await get_rate_limits().count_failed_auth_async(address or "unknown")
+    if refused is not None:
+        raise refused
+    assert key is not None
+    await get_rate_limits().hit_key_async(key.id)
+    return stale(key, now)
+
+
 def _admit(
     repo: TeamRepository,
     found: tuple[ApiKey, Team] | None,
@@ -159,35 +246,70 @@ def _admit(
     address: str | None,
 ) -> Team:
     """The team of the key that was looked up, if it may do `scope` now."""
-    now = utcnow()
-    if found is None or (found[0].expires_at is not None and found[0].expires_at <= now):
-        # Checked only on failure: a right key costs no extra round trip, and 256-bit
-        # keys cannot be guessed; the limit stops floods of wrong ones (429, not 401).
-        limiter = get_rate_limits()
-        limiter.check_failed_auth(address or "unknown")
-        limiter.record_failed_auth(address or "unknown")
-        if found is None:
-            raise Unauthorized("Unknown or revoked API key.")
-        expired = found[0].expires_at
-        assert expired is not None
-        raise Unauthorized(
-            f"API key {found[0].prefix}… expired at {expired.isoformat()}; "
-            "ask your admin for a new one.",
-            code="key_expired",
-        )
-    row, team = found
-    if scope not in key_scopes(row):
-        raise Forbidden(
-            f"API key {row.prefix}… has the `read` scope only; creating, cancelling and "
-            "deleting need a key with the `write` scope.",
-            code="insufficient_scope",
-        )
-    get_rate_limits().hit_key(row.id)
-    if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
-        # A busy embedded database: last_used_at is a hint, the request goes on.
-        with suppress(OperationalError):
-            repo.touch_key(row.id, now, now - LAST_USED_RESOLUTION)
-    return team
+    if admit(found[0] if found else None, scope, address):
+        assert found is not None
+        touch_key(repo.session, found[0].id)
+    assert found is not None
+    return found[1]
+
+
+def authenticate_and_columns(
+    session: Session,
+    key: str | None,
+    model: Any,
+    object_id: str,
+    fields: tuple[str, ...],
+    *,
+    scope: str = "read",
+    address: str | None = None,
+) -> dict[str, Any] | None:
+    """authenticate_and_get as plain columns: the `fields` of the team's `model` row
+    `object_id` (None when it has none), in one round trip without ORM objects."""
+    params = key_lookup(key, object_id)
+    row = TeamRepository(session).key_and_columns(model, fields, params)
+    key_row = KeyRow.of(row)
+    if admit(key_row, scope, address):
+        assert key_row is not None
+        touch_key(session, key_row.id)
+    return found_columns(row, fields)
+
+
+async def authenticate_and_columns_async(
+    reader: AsyncReader,
+    key: str | None,
+    model: Any,
+    object_id: str,
+    fields: tuple[str, ...],
+    *,
+    scope: str = "read",
+    address: str | None = None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """authenticate_and_columns in the event loop (PostgreSQL): the object's columns,
+    and the id of the key when its last_used_at is due a write (touch_key(), which the
+    caller runs in a thread: once a minute per key)."""
+    row = await reader.first(key_and_columns(model, fields), key_lookup(key, object_id))
+    key_row = KeyRow.of(row)
+    touch = await admit_async(key_row, scope, address)
+    return found_columns(row, fields), key_row.id if touch and key_row else None
+
+
+def key_lookup(key: str | None, object_id: str) -> dict[str, str]:
+    """The parameters of repositories.teams.key_and_columns; 401 without a key."""
+    return {"key_hash": hash_key(_given(key)), "object_id": object_id}
+
+
+def found_columns(row: Mapping[str, Any] | None, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """The object's part of a key_and_columns row; None when the team has no such row."""
+    if row is None or row[fields[0]] is None:
+        return None
+    return {f: row[f] for f in fields}
+
+
+def touch_key(session: Session, key_id: str, now: datetime | None = None) -> None:
+    now = now or utcnow()
+    # A busy embedded database: last_used_at is a hint, the request goes on.
+    with suppress(OperationalError):
+        TeamRepository(session).touch_key(key_id, now, now - LAST_USED_RESOLUTION)
 
 
 def secret_matches(token: str, secrets: list[str], address: str | None) -> bool:

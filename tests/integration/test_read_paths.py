@@ -101,6 +101,25 @@ def test_a_revoked_key_fails_on_the_next_request(api: Api, objects: dict[str, An
     assert api.as_team(key, "GET", "/v1/jobs").status_code == 401
 
 
+def test_the_poll_writes_last_used_at_at_most_once_a_minute(
+    api: Api, objects: dict[str, Any]
+) -> None:
+    key, url = objects["key"], f"/v1/jobs/{objects['job']['id']}"
+    with session_scope() as s:
+        for row in s.query(ApiKey).filter(ApiKey.prefix == key[:12]):
+            row.last_used_at = None
+    assert api.as_team(key, "GET", url).status_code == 200
+
+    def last_used() -> Any:
+        with session_scope() as s:
+            return s.query(ApiKey).filter(ApiKey.prefix == key[:12]).one().last_used_at
+
+    first = last_used()
+    assert first is not None
+    assert api.as_team(key, "GET", url).status_code == 200
+    assert last_used() == first  # within the minute: no second write
+
+
 def test_wrong_keys_and_missing_ids_answer_as_before(api: Api, objects: dict[str, Any]) -> None:
     url = f"/v1/jobs/{objects['job']['id']}"
     assert api.as_team("graft_wrong", "GET", url).status_code == 401
@@ -114,3 +133,39 @@ def test_wrong_keys_and_missing_ids_answer_as_before(api: Api, objects: dict[str
     }
     other = api.new_team("other")
     assert api.as_team(other, "GET", url).status_code == 404
+
+
+@pytest.mark.parametrize("env", ["sqlite_env", "pg_env"])
+def test_the_poll_answers_what_the_orm_object_makes_on_both_databases(
+    env: str, request: pytest.FixtureRequest, make_api: Callable[[], Api]
+) -> None:
+    """The poll reads plain columns (in the event loop on PostgreSQL, in a read thread
+    on SQLite): its JSON must be exactly the ORM object's, datetimes and JSON included."""
+    from app.api.jobs import to_read
+    from app.db.models import Job
+    from app.services.teams import get_team
+    from tests.integration.test_repositories import a_dataset, a_job
+
+    request.getfixturevalue(env)
+    api = make_api()
+    key = api.new_team()
+    team_id = api.as_team(key, "GET", "/v1/team").json()["id"]
+    spec = {"dataset_id": "ds_poll", "base_model": "resnet18", "hyperparameters": {"epochs": 2}}
+    job = a_job("job_poll", team_id, status="running", spec=spec)
+    job.dataset_id, job.kind = "ds_poll", "training"
+    job.started_at = utcnow()
+    job.progress = {"epoch": 1, "total_epochs": 2, "step": 3, "fraction": 0.25, "eta_seconds": 12.5}
+    job.metrics = [{"epoch": 1, "val_accuracy": 0.5}]
+    with session_scope() as s:
+        get_team(s, team_id)
+        s.add(a_dataset("ds_poll", team_id))
+        s.flush()
+        s.add(job)
+    with session_scope() as s:
+        expected = to_read(s.get_one(Job, "job_poll")).model_dump(mode="json")
+    r = api.as_team(key, "GET", "/v1/jobs/job_poll")
+    assert r.status_code == 200, r.text
+    assert r.json() == expected
+    assert r.json()["started_at"].endswith("Z")  # UTC, as the ORM gives it
+    assert api.as_team("graft_wrong", "GET", "/v1/jobs/job_poll").status_code == 401
+    assert api.as_team(api.new_team("b"), "GET", "/v1/jobs/job_poll").status_code == 404

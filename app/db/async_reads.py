@@ -1,0 +1,109 @@
+"""Reads on the API's hot path, in the event loop, on PostgreSQL.
+
+A poll (`GET /v1/jobs/{id}`) is one indexed select. Run through the ORM in a read
+thread it cost about 1 ms of Python, and the hop to the thread and back made the
+event loop and the threads take turns on the GIL (bench/bench_api.py, BENCHMARKS.md).
+Here the same statement, built with SQLAlchemy Core in a repository, is compiled once
+for psycopg and run on psycopg's async driver from a psycopg_pool pool, in the event
+loop, with no ORM objects: the columns come back as a dict, through each column
+type's own result processor (UTCDateTime's included), so the values are those the
+ORM would have given.
+
+Connections are autocommit, as read_scope()'s are: a statement sees committed rows
+only, and no transaction is left open. Other databases (SQLite, the embedded
+default) have no reader here; their callers use the read threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Select, make_url
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.engine.interfaces import Dialect
+
+# The dialect the sync engine uses too; SQLAlchemy ships it untyped.
+_DIALECT: Dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+# Connections per API process: the loop runs one statement at a time anyway, and a
+# few in flight hide the round trips.
+POOL_SIZE = 4
+
+
+class _Compiled:
+    def __init__(self, stmt: Select[Any]) -> None:
+        compiled = stmt.compile(dialect=_DIALECT)
+        self.sql = str(compiled)
+        self.compiled = compiled
+        self.names = [str(c.key) for c in stmt.selected_columns]
+        processors: list[Callable[[Any], Any] | None] = [
+            c.type.result_processor(_DIALECT, None) for c in stmt.selected_columns
+        ]
+        self.processors = processors
+
+    def row(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            name: (value if p is None or value is None else p(value))
+            for name, value, p in zip(self.names, values, self.processors, strict=True)
+        }
+
+
+@cache
+def _compiled(stmt: Select[Any]) -> _Compiled:
+    return _Compiled(stmt)
+
+
+class AsyncReader:
+    """One pool per database URL and event loop; opened on first use."""
+
+    def __init__(self, url: str) -> None:
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=POOL_SIZE,
+            open=False,
+            kwargs={"autocommit": True},
+        )
+        self._opened = False
+
+    async def first(self, stmt: Select[Any], params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The statement's first row by column key, or None."""
+        compiled = _compiled(stmt)
+        if not self._opened:
+            await self.pool.open()
+            self._opened = True
+        async with self.pool.connection() as conn:
+            # prepare=True: a server-side prepared statement per connection (parsed once).
+            cursor = await conn.execute(
+                compiled.sql, compiled.compiled.construct_params(dict(params)), prepare=True
+            )
+            values = await cursor.fetchone()
+        return None if values is None else compiled.row(values)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+_readers: dict[tuple[str, int], AsyncReader] = {}
+
+
+def reader_for(url: str) -> AsyncReader | None:
+    """The running loop's reader of `url`, or None where there is none (not PostgreSQL)."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    key = (url, id(asyncio.get_running_loop()))
+    reader = _readers.get(key)
+    if reader is None:
+        reader = _readers[key] = AsyncReader(url)
+    return reader
+
+
+async def close_readers() -> None:
+    """At the API's shutdown: the running loop's pools."""
+    loop = id(asyncio.get_running_loop())
+    for key in [k for k in _readers if k[1] == loop]:
+        await _readers.pop(key).close()
