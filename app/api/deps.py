@@ -22,12 +22,16 @@ from app.config import Settings, get_settings
 from app.db.async_reads import reader_for
 from app.db.models import Team
 from app.db.session import read_scope, session_scope
+from app.repositories.base import Page
 from app.repositories.teams import R
 from app.services.teams import (
+    PageQuery,
     authenticate,
     authenticate_and_columns,
     authenticate_and_columns_async,
     authenticate_and_get,
+    authenticate_and_page,
+    authenticate_and_page_async,
     require_admin,
     touch_key,
 )
@@ -167,6 +171,25 @@ class TeamReader:
                 fields,
                 scope=self.scope,
                 address=self.address,
+            )
+
+    async def page(self, query: PageQuery) -> Page[dict[str, Any]]:
+        """A page of the team's rows as column dicts, after the key's checks: in one
+        statement in the event loop on PostgreSQL, else in a read thread."""
+        reader = reader_for(get_settings().sqlalchemy_url)
+        if reader is None:
+            return await in_read_thread(self._page, query)
+        found, stale_key = await authenticate_and_page_async(
+            reader, self.token, query, scope=self.scope, address=self.address
+        )
+        if stale_key is not None:
+            await in_read_thread(_touch, stale_key)
+        return found
+
+    def _page(self, query: PageQuery) -> Page[dict[str, Any]]:
+        with read_scope() as session:
+            return authenticate_and_page(
+                session, self.token, query, scope=self.scope, address=self.address
             )
 
 

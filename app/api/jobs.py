@@ -23,6 +23,7 @@ from app.errors import found
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
 from app.services import jobs as service
+from app.services.teams import PageQuery
 
 # Event ids are 32-bit integers in the database; a larger `after` can match nothing.
 MAX_EVENT_ID = 2**31 - 1
@@ -73,14 +74,12 @@ async def list_jobs(
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> Response:
-    def answer(session: Session, team: Team) -> Response:
-        page = service.list_jobs(session, team, status=status, limit=limit, cursor=cursor)
-        items = [to_read(j) for j in page.items]
-        return as_json(
-            PageOf[JobRead](data=items, has_more=page.has_more, next_cursor=page.next_cursor)
-        )
-
-    return await read(answer)
+    filters = {"kind": "training", "status": status}
+    page = await read.page(PageQuery(Job, JOB_FIELDS, filters, limit, cursor))
+    items = [to_read(j) for j in page.items]
+    return as_json(
+        PageOf[JobRead](data=items, has_more=page.has_more, next_cursor=page.next_cursor)
+    )
 
 
 @router.get("/{job_id}", response_model=JobRead)

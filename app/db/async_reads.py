@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
+import orjson
+from psycopg import AsyncConnection
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Select, make_url
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -56,6 +59,12 @@ def _compiled(stmt: Select[Any]) -> _Compiled:
     return _Compiled(stmt)
 
 
+async def _configure(conn: AsyncConnection[Any]) -> None:
+    # JSON columns (a job's spec, metrics, report) are parsed with orjson: with the
+    # standard library's parser they were an eighth of a job list's time (py-spy).
+    set_json_loads(orjson.loads, conn)
+
+
 class AsyncReader:
     """One pool per database URL and event loop; opened on first use."""
 
@@ -67,22 +76,30 @@ class AsyncReader:
             max_size=POOL_SIZE,
             open=False,
             kwargs={"autocommit": True},
+            configure=_configure,
         )
         self._opened = False
 
     async def first(self, stmt: Select[Any], params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The statement's first row by column key, or None."""
+        rows = await self.all(stmt, params)
+        return rows[0] if rows else None
+
+    async def all(self, stmt: Select[Any], params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row of the statement, by column key."""
         compiled = _compiled(stmt)
-        if not self._opened:
-            await self.pool.open()
-            self._opened = True
+        await self._open()
         async with self.pool.connection() as conn:
             # prepare=True: a server-side prepared statement per connection (parsed once).
             cursor = await conn.execute(
                 compiled.sql, compiled.compiled.construct_params(dict(params)), prepare=True
             )
-            values = await cursor.fetchone()
-        return None if values is None else compiled.row(values)
+            return [compiled.row(values) for values in await cursor.fetchall()]
+
+    async def _open(self) -> None:
+        if not self._opened:
+            await self.pool.open()
+            self._opened = True
 
     async def close(self) -> None:
         await self.pool.close()

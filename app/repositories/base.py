@@ -40,11 +40,41 @@ def paginate(
     """Newest first; the cursor is the last id of the previous page."""
     if cursor:
         stmt = stmt.where(id_column < cursor)
-    rows = list(session.scalars(stmt.order_by(id_column.desc()).limit(limit + 1)))
+    return page_of(list(session.scalars(stmt.order_by(id_column.desc()).limit(limit + 1))), limit)
+
+
+def page_of(rows: list[T], limit: int) -> Page[T]:
+    """A page from up to limit + 1 rows (ORM objects or column dicts), newest first:
+    one row more than the page says there is more."""
     has_more = len(rows) > limit
     items = rows[:limit]
-    next_cursor = getattr(items[-1], "id", None) if has_more and items else None
+    last = items[-1] if has_more and items else None
+    next_cursor = last["id"] if isinstance(last, dict) else getattr(last, "id", None)
     return Page(items=items, has_more=has_more, next_cursor=next_cursor)
+
+
+def team_page_columns(
+    session: Session,
+    model: Any,
+    fields: tuple[str, ...],
+    team_id: str,
+    filters: dict[str, Any],
+    *,
+    limit: int,
+    cursor: str | None,
+) -> Page[dict[str, Any]]:
+    """list_for_team as column dicts: `fields` of the team's rows, newest first, each
+    filter given (not None) an equality."""
+    stmt: Select[Any] = select(*[getattr(model, f).label(f) for f in fields]).where(
+        model.team_id == team_id
+    )
+    for name, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(getattr(model, name) == value)
+    if cursor:
+        stmt = stmt.where(model.id < cursor)
+    rows = session.execute(stmt.order_by(model.id.desc()).limit(limit + 1)).mappings()
+    return page_of([dict(r) for r in rows], limit)
 
 
 class RepositoryBase(Generic[M, K]):

@@ -6,7 +6,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, or_, select, update
+from sqlalchemy import Select, and_, bindparam, or_, select, true, update
 
 from app.db.models import ApiKey, Team
 from app.repositories.base import RepositoryBase
@@ -53,6 +53,33 @@ def key_and_columns(model: Any, fields: tuple[str, ...]) -> Select[Any]:
         select(*columns)
         .select_from(ApiKey)
         .outerjoin(model, on)
+        .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+    )
+
+
+@cache
+def key_and_page(
+    model: Any, fields: tuple[str, ...], filters: tuple[str, ...], after: bool
+) -> Select[Any]:
+    """The unrevoked key's KEY_COLUMNS (as `key_<name>`) beside a page of its team's
+    `model` rows, newest first, in one statement (PostgreSQL: a LATERAL join, whose
+    inner select reads the page through the (team_id, …, id) index): `fields` of at
+    most the bound `limit` rows, each of `filters` equal to the bound `f_<name>`, ids
+    below the bound `cursor` when `after`. A team with no such row gives one row of
+    None fields; an unknown key gives no row."""
+    inner = select(*[getattr(model, f).label(f) for f in fields]).where(
+        model.team_id == ApiKey.team_id,
+        *[getattr(model, f) == bindparam(f"f_{f}") for f in filters],
+    )
+    if after:
+        inner = inner.where(model.id < bindparam("cursor"))
+    page = inner.order_by(model.id.desc()).limit(bindparam("limit")).lateral("page")
+    columns = [getattr(ApiKey, c).label(f"key_{c}") for c in KEY_COLUMNS]
+    columns += [page.c[f] for f in fields]
+    return (
+        select(*columns)
+        .select_from(ApiKey)
+        .outerjoin(page, true())
         .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
     )
 

@@ -23,7 +23,14 @@ from app.db.models import ApiKey, Team
 from app.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from app.ids import new_id
 from app.rate_limits import get_rate_limits
-from app.repositories.teams import KEY_COLUMNS, R, TeamRepository, key_and_columns
+from app.repositories.base import Page, page_of, team_page_columns
+from app.repositories.teams import (
+    KEY_COLUMNS,
+    R,
+    TeamRepository,
+    key_and_columns,
+    key_and_page,
+)
 from app.security import KEY_PREFIX, constant_time_equal, generate_key, hash_key, new_webhook_secret
 
 SCOPES = ("read", "write")
@@ -291,6 +298,52 @@ async def authenticate_and_columns_async(
     key_row = KeyRow.of(row)
     touch = await admit_async(key_row, scope, address)
     return found_columns(row, fields), key_row.id if touch and key_row else None
+
+
+def authenticate_and_page(
+    session: Session, key: str | None, page: PageQuery, *, scope: str, address: str | None
+) -> Page[dict[str, Any]]:
+    """A page of the team's rows as column dicts, after the key's checks (2 round trips)."""
+    team = authenticate(session, key, scope=scope, address=address)
+    return team_page_columns(
+        session,
+        page.model,
+        page.fields,
+        team.id,
+        page.filters,
+        limit=page.limit,
+        cursor=page.cursor,
+    )
+
+
+async def authenticate_and_page_async(
+    reader: AsyncReader, key: str | None, page: PageQuery, *, scope: str, address: str | None
+) -> tuple[Page[dict[str, Any]], str | None]:
+    """authenticate_and_page in the event loop (PostgreSQL), in one statement; and the
+    key's id when its last_used_at is due a write, as authenticate_and_columns_async."""
+    given = tuple(sorted(n for n, v in page.filters.items() if v is not None))
+    params: dict[str, Any] = {"key_hash": hash_key(_given(key)), "limit": page.limit + 1}
+    params |= {f"f_{n}": page.filters[n] for n in given}
+    if page.cursor:
+        params["cursor"] = page.cursor
+    stmt = key_and_page(page.model, page.fields, given, bool(page.cursor))
+    rows = await reader.all(stmt, params)
+    key_row = KeyRow.of(rows[0] if rows else None)
+    touch = await admit_async(key_row, scope, address)
+    found = [o for o in (found_columns(r, page.fields) for r in rows) if o is not None]
+    return page_of(found, page.limit), key_row.id if touch and key_row else None
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """A page of a team's `model` rows: `fields` (the first is `id`), newest first,
+    each filter given (not None) an equality, ids below `cursor`."""
+
+    model: Any
+    fields: tuple[str, ...]
+    filters: dict[str, Any]
+    limit: int
+    cursor: str | None
 
 
 def key_lookup(key: str | None, object_id: str) -> dict[str, str]:

@@ -72,3 +72,55 @@ def test_the_list_reads_its_page_in_index_order(pg_env: dict[str, str], status: 
         # the team's rows (which cost 21 ms at 10,000 jobs before (team_id[, status], id)).
         assert "Index Scan" in plan and "Seq Scan" not in plan, plan
         assert "Sort" not in plan and "Bitmap" not in plan, plan
+
+
+@pytest.mark.parametrize("status", ["running", None], ids=["filtered", "all"])
+def test_the_async_lists_one_statement_reads_its_page_in_index_order(
+    pg_env: dict[str, str], status: str | None
+) -> None:
+    """The list's async path (services.teams.authenticate_and_page_async): the key and a
+    LATERAL page of its team's jobs in one statement; the page still comes from the
+    index in id order, with no scan and no sort of the jobs."""
+    from app.api.jobs import JOB_FIELDS
+    from app.db.async_reads import _compiled
+    from app.repositories.teams import key_and_page
+    from app.services.teams import create_key
+
+    with session_scope() as s:
+        mine, other = create_team(s, "mine").id, create_team(s, "other").id
+        _, key = create_key(s, mine)
+    now = utcnow()
+    rows = [
+        {
+            "id": f"job_{i:026d}",
+            "team_id": mine if i % 5 == 0 else other,
+            "spec": {},
+            "status": "running" if (i % 250 == 0 if i % 5 == 0 else i % 2 == 1) else "done",
+            "created_at": now,
+            "metrics": [],
+            "attempt": 0,
+            "cancel_requested": False,
+        }
+        for i in range(10_000)
+    ]
+    with session_scope() as s:
+        s.execute(insert(Job), rows)
+        s.execute(text("ANALYZE"))
+    from app.security import hash_key
+
+    filters = ("kind", "status") if status else ("kind",)
+    params: dict[str, Any] = {"key_hash": hash_key(key), "limit": 21, "f_kind": "training"}
+    if status:
+        params["f_status"] = status
+    engine = get_engine(pg_env["GRAFT_DATABASE_URL"])
+    for after in (False, True):
+        compiled = _compiled(key_and_page(Job, JOB_FIELDS, filters, after))
+        bound = compiled.compiled.construct_params(
+            params | ({"cursor": "job_00000000000000000000009000"} if after else {})
+        )
+        with engine.connect() as conn:
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + compiled.sql, bound))
+            page = conn.exec_driver_sql(compiled.sql, bound).fetchall()
+        assert "Index Scan" in plan and "Seq Scan on jobs" not in plan, plan
+        assert "Sort" not in plan and "Bitmap" not in plan, plan
+        assert len(page) == 21  # limit + 1: a full page and the sign of more

@@ -151,7 +151,7 @@ def test_the_poll_answers_what_the_orm_object_makes_on_both_databases(
     key = api.new_team()
     team_id = api.as_team(key, "GET", "/v1/team").json()["id"]
     spec = {"dataset_id": "ds_poll", "base_model": "resnet18", "hyperparameters": {"epochs": 2}}
-    job = a_job("job_poll", team_id, status="running", spec=spec)
+    job = a_job("job_0a", team_id, status="running", spec=spec)
     job.dataset_id, job.kind = "ds_poll", "training"
     job.started_at = utcnow()
     job.progress = {"epoch": 1, "total_epochs": 2, "step": 3, "fraction": 0.25, "eta_seconds": 12.5}
@@ -162,10 +162,25 @@ def test_the_poll_answers_what_the_orm_object_makes_on_both_databases(
         s.flush()
         s.add(job)
     with session_scope() as s:
-        expected = to_read(s.get_one(Job, "job_poll")).model_dump(mode="json")
-    r = api.as_team(key, "GET", "/v1/jobs/job_poll")
+        expected = to_read(s.get_one(Job, "job_0a")).model_dump(mode="json")
+    r = api.as_team(key, "GET", "/v1/jobs/job_0a")
     assert r.status_code == 200, r.text
     assert r.json() == expected
     assert r.json()["started_at"].endswith("Z")  # UTC, as the ORM gives it
-    assert api.as_team("graft_wrong", "GET", "/v1/jobs/job_poll").status_code == 401
-    assert api.as_team(api.new_team("b"), "GET", "/v1/jobs/job_poll").status_code == 404
+    assert api.as_team("graft_wrong", "GET", "/v1/jobs/job_0a").status_code == 401
+    assert api.as_team(api.new_team("b"), "GET", "/v1/jobs/job_0a").status_code == 404
+    # The list (one LATERAL statement on PostgreSQL): the same JSON, pages and filters.
+    with session_scope() as s:
+        for n in ("b", "c"):
+            s.add(a_job(f"job_0{n}", team_id, spec=spec))
+            s.get_one(Job, f"job_0{n}").dataset_id = "ds_poll"
+    page = api.as_team(key, "GET", "/v1/jobs?limit=2").json()
+    assert [j["id"] for j in page["data"]] == ["job_0c", "job_0b"]
+    assert page["has_more"] and page["next_cursor"] == "job_0b"
+    rest = api.as_team(key, "GET", "/v1/jobs?limit=2&cursor=job_0b").json()
+    assert rest == {"data": [expected], "has_more": False, "next_cursor": None}
+    running = api.as_team(key, "GET", "/v1/jobs?status=running").json()
+    assert running["data"] == [expected]
+    empty = api.as_team(api.new_team("c"), "GET", "/v1/jobs").json()
+    assert empty == {"data": [], "has_more": False, "next_cursor": None}
+    assert api.as_team("graft_wrong", "GET", "/v1/jobs").status_code == 401
