@@ -25,6 +25,7 @@ from app.db.session import read_scope, session_scope
 from app.repositories.base import Page
 from app.repositories.teams import R
 from app.services.teams import (
+    ObjectQuery,
     PageQuery,
     authenticate,
     authenticate_and_columns,
@@ -142,35 +143,24 @@ class TeamReader:
             )
             return answer(session, team, obj)
 
-    async def columns(
-        self, model: Any, object_id: str, fields: tuple[str, ...]
-    ) -> dict[str, Any] | None:
-        """The `fields` of the team's `model` row `object_id` (None if it has none),
-        after the same key checks, in one statement without ORM objects: the poll's
-        path. On PostgreSQL it runs in the event loop (app/db/async_reads.py); elsewhere
-        in a read thread."""
+    async def columns(self, query: ObjectQuery) -> dict[str, Any] | None:
+        """The fields of the team's row (None if it has none), after the same key
+        checks, in one statement without ORM objects: the poll's path. On PostgreSQL it
+        runs in the event loop (app/db/async_reads.py); elsewhere in a read thread."""
         reader = reader_for(get_settings().sqlalchemy_url)
         if reader is None:
-            return await in_read_thread(self._columns, model, object_id, fields)
+            return await in_read_thread(self._columns, query)
         found, stale_key = await authenticate_and_columns_async(
-            reader, self.token, model, object_id, fields, scope=self.scope, address=self.address
+            reader, self.token, query, scope=self.scope, address=self.address
         )
         if stale_key is not None:
             await in_read_thread(_touch, stale_key)
         return found
 
-    def _columns(
-        self, model: Any, object_id: str, fields: tuple[str, ...]
-    ) -> dict[str, Any] | None:
+    def _columns(self, query: ObjectQuery) -> dict[str, Any] | None:
         with read_scope() as session:
             return authenticate_and_columns(
-                session,
-                self.token,
-                model,
-                object_id,
-                fields,
-                scope=self.scope,
-                address=self.address,
+                session, self.token, query, scope=self.scope, address=self.address
             )
 
     async def page(self, query: PageQuery) -> Page[dict[str, Any]]:

@@ -23,7 +23,7 @@ from app.errors import found
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
 from app.schemas.jobs import JobCreate, JobEventRead, JobRead, JobStatus
 from app.services import jobs as service
-from app.services.teams import PageQuery
+from app.services.teams import ObjectQuery, PageQuery
 
 # Event ids are 32-bit integers in the database; a larger `after` can match nothing.
 MAX_EVENT_ID = 2**31 - 1
@@ -84,7 +84,7 @@ async def list_jobs(
 
 @router.get("/{job_id}", response_model=JobRead)
 async def get_job(job_id: ObjectId, read: ReadAsTeam) -> Response:
-    job = await read.columns(Job, job_id, JOB_FIELDS)
+    job = await read.columns(ObjectQuery(Job, job_id, JOB_FIELDS))
     if job is not None and job["kind"] != "training":
         job = None  # an evaluation's id reads as missing here
     return as_json(to_read(found(job, "job", job_id, "job_id")))

@@ -42,6 +42,7 @@ from app.schemas.models import (
 )
 from app.services import models as service
 from app.services import predictions, quotas
+from app.services.teams import ObjectQuery
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -73,7 +74,7 @@ async def list_models(read: ReadAsTeam, limit: Limit = 20, cursor: Cursor = None
 
 @router.get("/{model_id}", response_model=ModelRead)
 async def get_model(model_id: ObjectId, read: ReadAsTeam) -> Response:
-    model = await read.columns(Model, model_id, MODEL_FIELDS)
+    model = await read.columns(ObjectQuery(Model, model_id, MODEL_FIELDS))
     return as_json(ModelRead.model_validate(found(model, "model", model_id, "model_id")))
 
 

@@ -260,44 +260,40 @@ def _admit(
     return found[1]
 
 
+@dataclass(frozen=True)
+class ObjectQuery:
+    """The `fields` (the first is `id`) of the team's `model` row `object_id`."""
+
+    model: Any
+    object_id: str
+    fields: tuple[str, ...]
+
+
 def authenticate_and_columns(
-    session: Session,
-    key: str | None,
-    model: Any,
-    object_id: str,
-    fields: tuple[str, ...],
-    *,
-    scope: str = "read",
-    address: str | None = None,
+    session: Session, key: str | None, query: ObjectQuery, *, scope: str, address: str | None
 ) -> dict[str, Any] | None:
-    """authenticate_and_get as plain columns: the `fields` of the team's `model` row
-    `object_id` (None when it has none), in one round trip without ORM objects."""
-    params = key_lookup(key, object_id)
-    row = TeamRepository(session).key_and_columns(model, fields, params)
+    """authenticate_and_get as plain columns: the object's fields (None when the team
+    has no such row), in one round trip without ORM objects."""
+    params = key_lookup(key, query.object_id)
+    row = TeamRepository(session).key_and_columns(query.model, query.fields, params)
     key_row = KeyRow.of(row)
     if admit(key_row, scope, address):
         assert key_row is not None
         touch_key(session, key_row.id)
-    return found_columns(row, fields)
+    return found_columns(row, query.fields)
 
 
 async def authenticate_and_columns_async(
-    reader: AsyncReader,
-    key: str | None,
-    model: Any,
-    object_id: str,
-    fields: tuple[str, ...],
-    *,
-    scope: str = "read",
-    address: str | None = None,
+    reader: AsyncReader, key: str | None, query: ObjectQuery, *, scope: str, address: str | None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """authenticate_and_columns in the event loop (PostgreSQL): the object's columns,
     and the id of the key when its last_used_at is due a write (touch_key(), which the
     caller runs in a thread: once a minute per key)."""
-    row = await reader.first(key_and_columns(model, fields), key_lookup(key, object_id))
+    stmt = key_and_columns(query.model, query.fields)
+    row = await reader.first(stmt, key_lookup(key, query.object_id))
     key_row = KeyRow.of(row)
     touch = await admit_async(key_row, scope, address)
-    return found_columns(row, fields), key_row.id if touch and key_row else None
+    return found_columns(row, query.fields), key_row.id if touch and key_row else None
 
 
 def authenticate_and_page(

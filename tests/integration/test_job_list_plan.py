@@ -23,28 +23,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.mark.parametrize("status", ["running", None], ids=["filtered", "all"])
 def test_the_list_reads_its_page_in_index_order(pg_env: dict[str, str], status: str | None) -> None:
-    with session_scope() as s:
-        mine, other = create_team(s, "mine").id, create_team(s, "other").id
-    now = utcnow()
-    rows = [
-        {
-            "id": f"job_{i:026d}",
-            "team_id": mine if i % 5 == 0 else other,
-            "spec": {},
-            # 40 of this team's 2,000 jobs run, among 4,000 running jobs of the other
-            # team: neither the status, nor the team, nor the id order alone finds the
-            # page without reading many other rows; the pair in id order does.
-            "status": "running" if (i % 250 == 0 if i % 5 == 0 else i % 2 == 1) else "done",
-            "created_at": now,
-            "metrics": [],
-            "attempt": 0,
-            "cancel_requested": False,
-        }
-        for i in range(10_000)
-    ]
-    with session_scope() as s:
-        s.execute(insert(Job), rows)
-        s.execute(text("ANALYZE jobs"))
+    mine = _seed()
 
     engine = get_engine(pg_env["GRAFT_DATABASE_URL"])
     sent: list[tuple[str, Any]] = []
@@ -86,26 +65,9 @@ def test_the_async_lists_one_statement_reads_its_page_in_index_order(
     from app.repositories.teams import key_and_page
     from app.services.teams import create_key
 
+    mine = _seed()
     with session_scope() as s:
-        mine, other = create_team(s, "mine").id, create_team(s, "other").id
         _, key = create_key(s, mine)
-    now = utcnow()
-    rows = [
-        {
-            "id": f"job_{i:026d}",
-            "team_id": mine if i % 5 == 0 else other,
-            "spec": {},
-            "status": "running" if (i % 250 == 0 if i % 5 == 0 else i % 2 == 1) else "done",
-            "created_at": now,
-            "metrics": [],
-            "attempt": 0,
-            "cancel_requested": False,
-        }
-        for i in range(10_000)
-    ]
-    with session_scope() as s:
-        s.execute(insert(Job), rows)
-        s.execute(text("ANALYZE"))
     from app.security import hash_key
 
     filters = ("kind", "status") if status else ("kind",)
@@ -124,3 +86,30 @@ def test_the_async_lists_one_statement_reads_its_page_in_index_order(
         assert "Index Scan" in plan and "Seq Scan on jobs" not in plan, plan
         assert "Sort" not in plan and "Bitmap" not in plan, plan
         assert len(page) == 21  # limit + 1: a full page and the sign of more
+
+
+def _seed() -> str:
+    """10,000 jobs of two teams; the id of the team whose page is read."""
+    with session_scope() as s:
+        mine, other = create_team(s, "mine").id, create_team(s, "other").id
+    now = utcnow()
+    rows = [
+        {
+            "id": f"job_{i:026d}",
+            "team_id": mine if i % 5 == 0 else other,
+            "spec": {},
+            # 40 of this team's 2,000 jobs run, among 4,000 running jobs of the other
+            # team: neither the status, nor the team, nor the id order alone finds the
+            # page without reading many other rows; the pair in id order does.
+            "status": "running" if (i % 250 == 0 if i % 5 == 0 else i % 2 == 1) else "done",
+            "created_at": now,
+            "metrics": [],
+            "attempt": 0,
+            "cancel_requested": False,
+        }
+        for i in range(10_000)
+    ]
+    with session_scope() as s:
+        s.execute(insert(Job), rows)
+        s.execute(text("ANALYZE"))
+    return mine
