@@ -34,6 +34,8 @@ _DIALECT: Dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 # Connections per API process: the loop runs one statement at a time anyway, and a
 # few in flight hide the round trips.
 POOL_SIZE = 4
+POOL_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 class _Compiled:
@@ -75,7 +77,11 @@ class AsyncReader:
             min_size=1,
             max_size=POOL_SIZE,
             open=False,
-            kwargs={"autocommit": True},
+            # Fail a request in seconds when the database is away, not after the
+            # library's default 30 s. As with the read threads' pool, after a database
+            # restart one read per dead connection fails and the pool replaces it.
+            timeout=POOL_TIMEOUT_SECONDS,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
             configure=_configure,
         )
         self._opened = False
