@@ -101,6 +101,11 @@ class _Limit:
     def rates(self) -> list[Rate]:
         return [self.rate]
 
+    def enforce(self, decision: Decision | None) -> None:
+        """RateLimited (429) when `decision` refused (None: not enforced, fail open)."""
+        if decision is not None and not decision.allowed:
+            raise self.refused(decision)
+
     def refused(self, decision: Decision) -> RateLimited:
         if decision.retry_after_ms is not None:
             seconds = math.ceil(decision.retry_after_ms / 1000)
@@ -260,11 +265,8 @@ class RateLimits:
 
     def hit_key(self, key_id: str) -> None:
         """Spend one request of `key_id`'s budget; RateLimited (429) when there is none."""
-        if not self.enabled:
-            return
-        decision = self._spend(self.per_key, key_id, fallback=False)
-        if decision is not None and not decision.allowed:
-            raise self.per_key.refused(decision)
+        if self.enabled:
+            self.per_key.enforce(self._spend(self.per_key, key_id, fallback=False))
 
     def check_failed_auth(self, address: str) -> None:
         """RateLimited (429) when `address` may not try to authenticate again yet."""
@@ -292,27 +294,19 @@ class RateLimits:
         """A failed authentication from `address`: RateLimited (429) when it may not
         try again yet, else counted. Spending refuses exactly where peeking would (a
         refused request spends nothing), so one round trip does both."""
-        if not self.enabled:
-            return
-        decision = self._spend(self.failed_auth, address, fallback=True)
-        if decision is not None and not decision.allowed:
-            raise self.failed_auth.refused(decision)
+        if self.enabled:
+            self.failed_auth.enforce(self._spend(self.failed_auth, address, fallback=True))
 
     # -- the same, in the event loop (the API's async hot path) --------------
 
     async def hit_key_async(self, key_id: str) -> None:
-        if not self.enabled:
-            return
-        decision = await self._spend_async(self.per_key, key_id, fallback=False)
-        if decision is not None and not decision.allowed:
-            raise self.per_key.refused(decision)
+        if self.enabled:
+            self.per_key.enforce(await self._spend_async(self.per_key, key_id, fallback=False))
 
     async def count_failed_auth_async(self, address: str) -> None:
-        if not self.enabled:
-            return
-        decision = await self._spend_async(self.failed_auth, address, fallback=True)
-        if decision is not None and not decision.allowed:
-            raise self.failed_auth.refused(decision)
+        if self.enabled:
+            limit = self.failed_auth
+            limit.enforce(await self._spend_async(limit, address, fallback=True))
 
     def close(self) -> None:
         """Release the Redis connections (a later call opens them again)."""
@@ -329,9 +323,7 @@ class RateLimits:
                 return self._redis.spend(limit, ident, self._clock())
             except (redis.RedisError, OSError) as exc:
                 self._redis_failed(exc)
-        if self._redis is None or fallback:
-            return self._memory.spend(limit, ident, self._local_clock())
-        return None
+        return self._in_process(limit, ident, fallback=fallback)
 
     async def _spend_async(self, limit: _Limit, ident: str, *, fallback: bool) -> Decision | None:
         if self._redis_usable():
@@ -340,6 +332,11 @@ class RateLimits:
                 return await self._redis.spend_async(limit, ident, self._clock())
             except (redis.RedisError, OSError) as exc:
                 self._redis_failed(exc)
+        return self._in_process(limit, ident, fallback=fallback)
+
+    def _in_process(self, limit: _Limit, ident: str, *, fallback: bool) -> Decision | None:
+        """Without Redis: the in-process bucket, or None (fail open) when Redis is
+        configured but away and `limit` does not fall back."""
         if self._redis is None or fallback:
             return self._memory.spend(limit, ident, self._local_clock())
         return None

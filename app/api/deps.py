@@ -9,7 +9,7 @@ pool of read threads (GRAFT_READ_THREADS).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -145,42 +145,35 @@ class TeamReader:
 
     async def columns(self, query: ObjectQuery) -> dict[str, Any] | None:
         """The fields of the team's row (None if it has none), after the same key
-        checks, in one statement without ORM objects: the poll's path. On PostgreSQL it
-        runs in the event loop (app/db/async_reads.py); elsewhere in a read thread."""
-        reader = reader_for(get_settings().sqlalchemy_url)
-        if reader is None:
-            return await in_read_thread(self._columns, query)
-        found, stale_key = await authenticate_and_columns_async(
-            reader, self.token, query, scope=self.scope, address=self.address
-        )
-        if stale_key is not None:
-            await in_read_thread(_touch, stale_key)
-        return found
-
-    def _columns(self, query: ObjectQuery) -> dict[str, Any] | None:
-        with read_scope() as session:
-            return authenticate_and_columns(
-                session, self.token, query, scope=self.scope, address=self.address
-            )
+        checks, in one statement without ORM objects: the poll's path."""
+        return await self._plain(query, authenticate_and_columns, authenticate_and_columns_async)
 
     async def page(self, query: PageQuery) -> Page[dict[str, Any]]:
-        """A page of the team's rows as column dicts, after the key's checks: in one
-        statement in the event loop on PostgreSQL, else in a read thread."""
+        """A page of the team's rows as column dicts, after the key's checks."""
+        return await self._plain(query, authenticate_and_page, authenticate_and_page_async)
+
+    async def _plain(
+        self,
+        query: Any,
+        in_thread: Callable[..., T],
+        in_loop: Callable[..., Awaitable[tuple[T, str | None]]],
+    ) -> T:
+        """A read without ORM objects: on PostgreSQL `in_loop` in the event loop
+        (app/db/async_reads.py), then the key's last_used_at in a thread when it is
+        due; elsewhere `in_thread` in a read thread."""
         reader = reader_for(get_settings().sqlalchemy_url)
         if reader is None:
-            return await in_read_thread(self._page, query)
-        found, stale_key = await authenticate_and_page_async(
+            return await in_read_thread(self._in_session, in_thread, query)
+        found, stale_key = await in_loop(
             reader, self.token, query, scope=self.scope, address=self.address
         )
         if stale_key is not None:
             await in_read_thread(_touch, stale_key)
         return found
 
-    def _page(self, query: PageQuery) -> Page[dict[str, Any]]:
+    def _in_session(self, read: Callable[..., T], query: Any) -> T:
         with read_scope() as session:
-            return authenticate_and_page(
-                session, self.token, query, scope=self.scope, address=self.address
-            )
+            return read(session, self.token, query, scope=self.scope, address=self.address)
 
 
 def _touch(key_id: str) -> None:

@@ -38,9 +38,15 @@ def paginate(
     cursor: str | None,
 ) -> Page[T]:
     """Newest first; the cursor is the last id of the previous page."""
+    return page_of(list(session.scalars(keyset(stmt, id_column, limit, cursor))), limit)
+
+
+def keyset(stmt: Select[T], id_column: Any, limit: int, cursor: str | None) -> Select[T]:
+    """`stmt` narrowed to the page after `cursor`: ids below it, newest first, one row
+    more than `limit` (page_of() reads it as "there is more")."""
     if cursor:
         stmt = stmt.where(id_column < cursor)
-    return page_of(list(session.scalars(stmt.order_by(id_column.desc()).limit(limit + 1))), limit)
+    return stmt.order_by(id_column.desc()).limit(limit + 1)
 
 
 def page_of(rows: list[T], limit: int) -> Page[T]:
@@ -71,9 +77,7 @@ def team_page_columns(
     for name, value in filters.items():
         if value is not None:
             stmt = stmt.where(getattr(model, name) == value)
-    if cursor:
-        stmt = stmt.where(model.id < cursor)
-    rows = session.execute(stmt.order_by(model.id.desc()).limit(limit + 1)).mappings()
+    rows = session.execute(keyset(stmt, model.id, limit, cursor)).mappings()
     return page_of([dict(r) for r in rows], limit)
 
 

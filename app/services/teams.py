@@ -253,10 +253,10 @@ def _admit(
     address: str | None,
 ) -> Team:
     """The team of the key that was looked up, if it may do `scope` now."""
-    if admit(found[0] if found else None, scope, address):
-        assert found is not None
+    touch = admit(found[0] if found else None, scope, address)
+    assert found is not None  # admit() raised otherwise
+    if touch:
         touch_key(repo.session, found[0].id)
-    assert found is not None
     return found[1]
 
 

@@ -79,7 +79,7 @@ class Outcome:
     """What auto decided: `chosen` is None when no candidate could run."""
 
     chosen: Attempt | None
-    reason: str | None  # why the chosen one must not ship (None: it ships)
+    reason: str | None  # why nothing ships: the chosen one failed the test, or none ran
     candidates: list[dict[str, Any]] = field(default_factory=list)
     test: PairedTest | None = None
     seconds: float = 0.0
@@ -129,6 +129,9 @@ def choose(
             eligible.append(attempt)
     outcome.seconds = clock() - start
     if not eligible:
+        outcome.reason = "no candidate could run: " + "; ".join(
+            f"{c['method']} {c['status']}" for c in outcome.candidates
+        )
         return outcome
     # max() keeps the first of equals: the cheaper candidate wins a tie.
     best = max(eligible, key=lambda a: a.after.target_eval_accuracy or 0.0)

@@ -47,10 +47,7 @@ class AdaptJob:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def option(self, name: str) -> Any:
-        """An option of the spec, or the schema's default when a caller left it out."""
-        if name in self.options:
-            return self.options[name]
-        return DomainAdaptation.model_fields[name].default
+        return option(self.options, name)
 
     def learning_rate(self, default: float) -> float:
         lr = self.option("learning_rate")
@@ -83,6 +80,13 @@ class AdaptJob:
         self.hooks.on_event(
             EVENT, {"method": self.method, "unit": unit, "index": index, "total": total, **metrics}
         )
+
+
+def option(options: Mapping[str, Any], name: str) -> Any:
+    """An option of the spec, or the schema's default when a caller left it out."""
+    if name in options:
+        return options[name]
+    return DomainAdaptation.model_fields[name].default
 
 
 def unlabeled(images: np.ndarray) -> ImageSet:

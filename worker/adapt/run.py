@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.schemas.jobs import DomainAdaptation
 from worker.adapt import adabn, auto, dann, mcc, pseudo_label, report, tent
-from worker.adapt.common import AdaptJob, AdaptResult, preserved_modes
+from worker.adapt.common import AdaptJob, AdaptResult, option, preserved_modes
 from worker.errors import AdaptationNotApplicable
 from worker.training import checkpoint, engine
 from worker.training.types import Hooks, ImageSet, TrainConfig
@@ -90,15 +89,10 @@ def adapt(
 
     extra: dict[str, Any] = {}
     if method == "auto":
-        default = DomainAdaptation.model_fields["time_budget_seconds"].default
-        budget = float(options.get("time_budget_seconds", default))
+        budget = float(option(options, "time_budget_seconds"))
         outcome = auto.choose(before, run, hooks, budget)
         extra["auto"] = auto.section(outcome, budget)
         attempt, reason = outcome.chosen, outcome.reason
-        if attempt is None:
-            reason = "no candidate could run: " + "; ".join(
-                f"{c['method']} {c['status']}" for c in outcome.candidates
-            )
     else:
         attempt = run(method, hooks)
         reason = report.guard(before, attempt.after)
