@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     quota_queued_jobs: int = Field(50, ge=0)
     quota_stored_bytes: int = Field(50 * 1024**3, ge=0)
     quota_datasets: int = Field(200, ge=0)
+    # The most trials one model search may ask for (budget.max_trials).
+    search_max_trials: int = Field(100, ge=1, le=500)
     # A team's rotated webhook secret keeps signing (beside the new one) this long.
     webhook_secret_grace_seconds: float = 24 * 3600
 

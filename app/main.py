@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import account, datasets, evaluations, health, jobs, models, teams
+from app.api import account, datasets, evaluations, health, jobs, models, searches, teams
 from app.body_limits import (
     BodyLimitMiddleware,
     BodyTooLarge,
@@ -212,7 +212,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unhandled_handler)
-    for module in (health, teams, account, datasets, jobs, models, evaluations):
+    for module in (health, teams, account, datasets, jobs, models, evaluations, searches):
         app.include_router(module.router)
     ui.mount(app)
     app.add_middleware(BodyLimitMiddleware, operations=lambda: openapi_operations(app.openapi()))

@@ -153,8 +153,8 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     with get_engine(pg_server_url).begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE webhook_deliveries, job_events, jobs, models, datasets, "
-                "idempotency_keys, api_keys, teams CASCADE"
+                "TRUNCATE webhook_deliveries, job_events, jobs, searches, models, datasets, "
+                "idempotency_keys, api_keys, teams, studies CASCADE"
             )
         )
 

@@ -4,7 +4,9 @@
   or ends `too_many_attempts` once it used GRAFT_MAX_ATTEMPTS;
 - dispatcher: a queued job that no worker claimed for a while (say the broker was down
   when it was created) is sent to the broker again. Duplicates are harmless: only one
-  claim can win.
+  claim can win;
+- searches: every running model search is advanced (app/services/searches.py), so one
+  whose last worker died between ending a trial and starting the next goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from app.db.base import utcnow
 from app.db.session import in_transaction, session_scope
 from app.queue import enqueue_ingest
 from app.repositories.datasets import DatasetRepository
-from app.services import job_runs
+from app.services import job_runs, searches
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ def run_once(settings: Settings | None = None) -> None:
     try:
         reap(settings)
         redispatch(settings)
+        # After the reaper: a trial that gave up is told, and its slot filled.
+        searches.advance_all()
         redispatch_ingests(settings)
         sweep_temporary_files(settings)
     except Exception:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.config import Settings, get_settings
 from app.db.session import in_transaction
-from app.services import job_runs
+from app.services import job_runs, searches
 from app.services.job_runs import ClaimedEvaluation, ClaimedJob, Lease, ModelRecord
 from app.storage import Storage
 from worker.adapt.run import adapt
@@ -44,6 +44,8 @@ Fit = Callable[..., Any]  # engine.fit's signature; tests pass a fake engine
 # Set by the worker's shutdown signal (worker/celery_app.py): the running job
 # checkpoints and goes back to the queue instead of being lost with the process.
 PREEMPTED = threading.Event()
+# The outcomes after which a search's trial has ended (and its search may go on).
+ENDED = frozenset({"succeeded", "failed", "cancelled", "pruned"})
 
 
 def worker_identity() -> str:
@@ -69,9 +71,13 @@ def run_job(job_id: str, settings: Settings | None = None, fit: Fit = engine.fit
     try:
         if isinstance(job, ClaimedEvaluation):
             return _run(job.lease, lambda: _evaluate(job, settings, storage, beat))
-        return _run(job.lease, lambda: _train_and_publish(job, settings, storage, beat, fit))
+        outcome = _run(job.lease, lambda: _train_and_publish(job, settings, storage, beat, fit))
     finally:
         beat.stop()
+    if job.search_id is not None and outcome in ENDED:
+        # The search goes on from here: Optuna hears of this trial, the next one starts.
+        searches.advance_quietly(job.search_id)
+    return outcome
 
 
 def _run(lease: Lease, work: Callable[[], tuple[ModelRecord | None, dict[str, Any]]]) -> str:
@@ -117,6 +123,10 @@ def _stopped(lease: Lease, stop: TrainingStopped) -> str:
     elif stop.reason == "preempted":
         where = {"epoch": stop.epoch, "step": stop.step}
         in_transaction(job_runs.requeue, lease, "job.preempted", where, counts=False)
+    elif stop.reason == "pruned":
+        # The pruner spoke after the last epoch whose checkpoint and metrics are stored.
+        detail = {"epoch": stop.epoch - 1, "reason": "The search's pruner stopped this trial."}
+        in_transaction(job_runs.pruned, lease, detail)
     else:  # lease_lost: another worker owns the job now; write nothing.
         log.warning("job %s: lease lost, stopping", lease.job_id)
     return stop.reason
@@ -189,7 +199,9 @@ def _train(
     return trained
 
 
-def _stop_check(beat: Heartbeat) -> Callable[[], StopReason | None]:
+def _stop_check(
+    beat: Heartbeat, pruned: threading.Event | None = None
+) -> Callable[[], StopReason | None]:
     def should_stop() -> StopReason | None:
         if beat.cancelled.is_set():
             return "cancelled"
@@ -197,6 +209,8 @@ def _stop_check(beat: Heartbeat) -> Callable[[], StopReason | None]:
             return "lease_lost"
         if PREEMPTED.is_set():
             return "preempted"
+        if pruned is not None and pruned.is_set():
+            return "pruned"
         return None
 
     return should_stop
@@ -221,6 +235,7 @@ class Throttle:
 def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
     lease, metrics = job.lease, job.metrics
     throttle = Throttle(progress_every)
+    pruned = threading.Event()
 
     def on_progress(p: Progress) -> None:
         if throttle.due(last=p.step >= p.steps_per_epoch):
@@ -229,11 +244,25 @@ def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
     def on_epoch_end(m: EpochMetrics) -> None:
         metrics[:] = [x for x in metrics if x["epoch"] < m.epoch] + [m.as_dict()]
         in_transaction(job_runs.epoch_done, lease, list(metrics), m.as_dict())
+        if _should_prune(job, m.as_dict()):
+            pruned.set()
 
     def on_event(kind: str, payload: dict[str, Any]) -> None:
         in_transaction(job_runs.note, lease, f"job.{kind}", payload)
 
-    return Hooks(on_progress, on_epoch_end, _stop_check(beat), on_event)
+    return Hooks(on_progress, on_epoch_end, _stop_check(beat, pruned), on_event)
+
+
+def _should_prune(job: ClaimedJob, epoch: dict[str, Any]) -> bool:
+    """For a search's trial: report the epoch to its pruner, and hear whether to stop."""
+    if job.search_id is None or job.trial_number is None:
+        return False
+    try:
+        return searches.report_epoch(job.search_id, job.trial_number, epoch)
+    except Exception:
+        # The pruner is advice: a trial it cannot reach trains on.
+        log.exception("search %s: reporting trial %d failed", job.search_id, job.trial_number)
+        return False
 
 
 def _progress_dict(p: Progress) -> dict[str, Any]:

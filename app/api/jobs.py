@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 # What a job's JSON is built from: the poll reads these columns only.
-JOB_FIELDS = (*RUN_FIELDS, "kind", "spec", "metrics", "report", "result_model_id")
+JOB_FIELDS = (*RUN_FIELDS, "kind", "spec", "metrics", "report", "result_model_id", "search_id")
 
 
 def to_read(job: Job | Mapping[str, Any]) -> JobRead:
@@ -44,6 +44,7 @@ def to_read(job: Job | Mapping[str, Any]) -> JobRead:
             "metrics": f["metrics"] or [],
             "report": f["report"],
             "result": {"model_id": f["result_model_id"]} if f["result_model_id"] else None,
+            "search_id": f["search_id"],
         }
     )
 

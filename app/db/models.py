@@ -111,6 +111,35 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The last event's per-job number: incremented in the same UPDATE that numbers it.
     event_count: Mapped[int] = mapped_column(Integer, default=0)
+    # A trial of a model search: the search, and its trial's number in the Optuna study.
+    search_id: Mapped[str | None] = mapped_column(
+        ForeignKey("searches.id", ondelete="SET NULL"), index=True, nullable=True
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Search(Base):
+    """A model search: its trials are rows of `jobs` (search_id), steered by the Optuna
+    study of the same name in Optuna's tables (migration 0007)."""
+
+    __tablename__ = "searches"
+    __table_args__ = (Index("ix_searches_team_id_id", "team_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
+    )
+    # The request as validated (SearchCreate, defaults filled in).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # running → succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # Trials created so far: the slot lock. A new trial takes slot n only by moving
+    # this from n to n + 1 in one conditional UPDATE, so no two trials share a slot.
+    trials_created: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class JobEvent(Base):

@@ -15,7 +15,8 @@ from app.db.base import utcnow
 from app.db.models import Job, JobEvent
 from app.repositories.base import TeamScopedRepository
 
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# "pruned": a search's trial that its pruner stopped after an epoch (it keeps its metrics).
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "pruned")
 
 
 class JobRepository(TeamScopedRepository[Job]):
@@ -52,7 +53,7 @@ class JobRepository(TeamScopedRepository[Job]):
             )
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> bool:
         now = utcnow()
@@ -62,7 +63,7 @@ class JobRepository(TeamScopedRepository[Job]):
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now)
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     def update_held(self, job_id: str, owner: str, **values: Any) -> bool:
         """Write to a running job only while `owner` still holds its lease."""
@@ -72,7 +73,7 @@ class JobRepository(TeamScopedRepository[Job]):
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     def holds(self, job_id: str, owner: str) -> bool:
         """Whether `owner` still holds the running job's lease."""
@@ -94,7 +95,7 @@ class JobRepository(TeamScopedRepository[Job]):
             .values(status="cancelled", cancel_requested=True, finished_at=now)
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     def request_cancel_if_running(self, job_id: str) -> bool:
         result = self.session.execute(
@@ -103,7 +104,7 @@ class JobRepository(TeamScopedRepository[Job]):
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     # -- reaper and dispatcher ----------------------------------------------
 
@@ -118,7 +119,7 @@ class JobRepository(TeamScopedRepository[Job]):
             .values(status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=now)
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     def give_up(self, job_id: str, now: datetime, error: dict[str, Any]) -> bool:
         """Fail a job that used up its attempts, unless a worker holds a live lease."""
@@ -140,7 +141,7 @@ class JobRepository(TeamScopedRepository[Job]):
             )
             .execution_options(synchronize_session=False)
         )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     def stale_queued(self, dispatched_before: datetime) -> list[Job]:
         stmt = select(Job).where(
@@ -166,6 +167,13 @@ class JobRepository(TeamScopedRepository[Job]):
             .values(dispatched_at=now)
             .execution_options(synchronize_session=False)
         )
+
+    # -- searches ------------------------------------------------------------
+
+    def for_search(self, search_id: str) -> list[Job]:
+        """A search's trials, by trial number."""
+        stmt = select(Job).where(Job.search_id == search_id).order_by(Job.trial_number)
+        return list(self.session.scalars(stmt.execution_options(populate_existing=True)))
 
     # -- events --------------------------------------------------------------
 
@@ -194,5 +202,5 @@ class JobRepository(TeamScopedRepository[Job]):
         return list(self.session.scalars(stmt))
 
 
-def _rowcount(result: Any) -> int:
+def rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0))

@@ -12,7 +12,8 @@ from app.schemas.common import InputModel, ObjectId, OutputModel, UniqueList
 # `export` and `quantization` hold each of their few choices at most once.
 MAX_VARIANTS = 4
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# pruned: a model search's trial that its pruner stopped after an epoch (no model).
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "pruned"]
 
 
 class Hyperparameters(InputModel):
@@ -344,7 +345,9 @@ class JobError(OutputModel):
 class JobRead(OutputModel):
     id: str = Field(description="The job's id", examples=["job_0193a1b2c3d4e5f6a7b8c9d0"])
     status: JobStatus = Field(
-        description="queued → running → succeeded, failed or cancelled", examples=["queued"]
+        description="queued → running → succeeded, failed or cancelled (or pruned: a "
+        "search's trial that its pruner stopped)",
+        examples=["queued"],
     )
     spec: dict[str, Any] = Field(
         description="The job spec as created, defaults filled in (see JobCreate)",
@@ -400,6 +403,11 @@ class JobRead(OutputModel):
         description="A cancel was asked for; a running job stops at its next step",
         examples=[False],
     )
+    search_id: str | None = Field(
+        None,
+        description="The model search this job is a trial of; null for a job of its own",
+        examples=[None],
+    )
 
 
 class JobEventRead(OutputModel):
@@ -413,7 +421,8 @@ class JobEventRead(OutputModel):
     )
     type: str = Field(
         description="job.queued, job.running, job.progress, job.retrying, job.requeued, "
-        "job.preempted, job.cancel_requested, job.succeeded, job.failed, job.cancelled",
+        "job.preempted, job.cancel_requested, job.succeeded, job.failed, job.cancelled, "
+        "job.pruned",
         examples=["job.progress"],
     )
     data: dict[str, Any] = Field(

@@ -4,6 +4,7 @@
       ▲                │ ├──fail────────▶ failed
       │                │ ├──cancelled───▶ cancelled   (the loop saw cancel_requested)
       └──requeue───────┘ └──(lease lost: another worker owns it; nothing is written)
+      │                │ ├──pruned──────▶ pruned      (a search's pruner stopped the trial)
       └──reap (lease expired) ... give_up ──▶ failed (too_many_attempts)
     queued ──cancel──▶ cancelled;  running ──cancel──▶ cancel_requested
 
@@ -73,6 +74,9 @@ class ClaimedJob:
     spec: JobCreate  # parsed once, here, into the model the API validated
     base: BaseModelRef | None
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    # A trial of a model search: the search and the trial's number in its study.
+    search_id: str | None = None
+    trial_number: int | None = None
 
     @property
     def architecture(self) -> str:
@@ -212,7 +216,15 @@ def _claimed(session: Session, lease: Lease, job: Job) -> Claimed | None:
         if row is None:
             return None
         base = _ref(row)
-    return ClaimedJob(lease, job.team_id, spec, base, list(job.metrics or []))
+    return ClaimedJob(
+        lease,
+        job.team_id,
+        spec,
+        base,
+        list(job.metrics or []),
+        search_id=job.search_id,
+        trial_number=job.trial_number,
+    )
 
 
 def _model_or_fail(session: Session, lease: Lease, model_id: str, what: str) -> Model | None:
@@ -317,6 +329,11 @@ def stopped_by_cancel(session: Session, lease: Lease) -> bool:
     return _end(session, lease, "cancelled", None)
 
 
+def pruned(session: Session, lease: Lease, detail: dict[str, Any]) -> bool:
+    """The search's pruner stopped the trial after an epoch; its metrics stay."""
+    return _end(session, lease, "pruned", None, detail)
+
+
 def requeue(
     session: Session, lease: Lease, event: str, payload: dict[str, Any], *, counts: bool
 ) -> bool:
@@ -376,7 +393,13 @@ def cancel(session: Session, job: Job) -> Job:
     return refreshed
 
 
-def _end(session: Session, lease: Lease, status: str, error: dict[str, str] | None) -> bool:
+def _end(
+    session: Session,
+    lease: Lease,
+    status: str,
+    error: dict[str, str] | None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
@@ -387,7 +410,7 @@ def _end(session: Session, lease: Lease, status: str, error: dict[str, str] | No
         values["error"] = error
     if not JobRepository(session).update_held(lease.job_id, lease.owner, **values):
         return False
-    record_event(session, lease.job_id, f"job.{status}", error or {})
+    record_event(session, lease.job_id, f"job.{status}", detail or error or {})
     return True
 
 

@@ -50,7 +50,7 @@ def resolve_base_model(
     return arch, None
 
 
-def _check_spec(spec: JobCreate, arch: Architecture, from_model: Model | None) -> None:
+def check_spec(spec: JobCreate, arch: Architecture, from_model: Model | None) -> None:
     hp = spec.hyperparameters
     if spec.strategy == "partial":
         if spec.unfreeze_last is None:
@@ -184,7 +184,7 @@ def _check_adaptation(
 def create_job(session: Session, team: Team, spec: JobCreate) -> Job:
     dataset = ready_dataset(session, team, spec.dataset_id, kind="labeled", param="dataset_id")
     arch, from_model = resolve_base_model(session, team, spec.base_model)
-    _check_spec(spec, arch, from_model)
+    check_spec(spec, arch, from_model)
     _check_adaptation(session, team, spec, dataset, arch)
     if spec.webhook_url is not None:
         allow_private = get_settings().webhook_allow_private
@@ -212,6 +212,8 @@ def enqueue(
     dataset_id: str,
     spec: dict[str, Any],
     queued: dict[str, Any],
+    search_id: str | None = None,
+    trial_number: int | None = None,
 ) -> Job:
     """A new row for a worker (a training job or an evaluation), queued and sent to the
     broker once committed; `queued` is its job.queued event's data."""
@@ -229,6 +231,8 @@ def enqueue(
         attempt=0,
         cancel_requested=False,
         dispatched_at=now,
+        search_id=search_id,
+        trial_number=trial_number,
     )
     repo = JobRepository(session)
     repo.add(job)

@@ -97,11 +97,11 @@ def _locked_usage(session: Session, team: Team) -> Usage:
     return UsageRepository(session).for_team(team.id)
 
 
-def check_can_queue(session: Session, settings: Settings, team: Team) -> None:
-    """Before a job is created: the team has room for one more queued job."""
+def check_can_queue(session: Session, settings: Settings, team: Team, count: int = 1) -> None:
+    """Before jobs are created: the team has room for `count` more queued jobs."""
     usage = _locked_usage(session, team)
     limit = limits(settings, team)["queued_jobs"]
-    if usage.queued_jobs >= limit:
+    if usage.queued_jobs + count > limit:
         raise QuotaExceeded("queued_jobs", limit, usage.queued_jobs)
 
 

@@ -72,6 +72,7 @@ def stack(
         "dataset_id": ds["id"],
         "root": tmp_path,
         "workers": workers,
+        "redis": redis_server,
     }
     for w in workers:
         w.stop(signal.SIGKILL)

@@ -40,6 +40,7 @@ JOB = {
     "error": "null",
     "attempt": "int",
     "cancel_requested": "bool",
+    "search_id": "null",
 }
 
 

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import numpy as np
 
 Strategy = Literal["linear_probe", "partial", "full"]
-StopReason = Literal["cancelled", "preempted", "lease_lost"]
+# pruned: a model search's pruner stopped the trial at the end of an epoch.
+StopReason = Literal["cancelled", "preempted", "lease_lost", "pruned"]
 # "features": a linear probe computing its feature cache (epoch 0, before any training).
 Phase = Literal["features", "training"]
 
