@@ -14,7 +14,7 @@ import httpx
 
 from graft import _models
 from graft._exceptions import APIConnectionError, GraftError, RateLimited, error_from_response
-from graft._resources import Datasets, Evaluations, Jobs, Models, Team, Teams
+from graft._resources import Datasets, Evaluations, Jobs, Models, Searches, Team, Teams
 
 T = TypeVar("T")
 
@@ -67,6 +67,7 @@ class Client:
         self.jobs = Jobs(self)
         self.models = Models(self)
         self.evaluations = Evaluations(self)
+        self.searches = Searches(self)
 
     def __repr__(self) -> str:
         return f"Client(base_url={self.base_url!r})"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app.schemas.jobs import JobRead as JobRead
     from app.schemas.models import ModelRead as ModelRead
     from app.schemas.models import PredictResponse as PredictResponse
+    from app.schemas.searches import SearchRead as SearchRead
     from app.schemas.teams import ApiKeyCreated as ApiKeyCreated
     from app.schemas.teams import ApiKeyRead as ApiKeyRead
     from app.schemas.teams import OwnTeamRead as OwnTeamRead
@@ -30,6 +31,7 @@ _HOMES = {
     "JobRead": "app.schemas.jobs",
     "ModelRead": "app.schemas.models",
     "PredictResponse": "app.schemas.models",
+    "SearchRead": "app.schemas.searches",
     "ApiKeyCreated": "app.schemas.teams",
     "ApiKeyRead": "app.schemas.teams",
     "OwnTeamRead": "app.schemas.teams",

@@ -1,5 +1,5 @@
 """The API's resources, as attributes of the Client: teams, team, datasets, jobs, models,
-evaluations."""
+evaluations, searches."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ M = TypeVar("M", bound=BaseModel)
 W = TypeVar("W", "_models.JobRead", "_models.EvaluationRead")
 StrPath = str | os.PathLike[str]
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-FINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
+# "pruned": a search's trial that its pruner stopped (it ends like a success, with no model).
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "pruned"})
+FINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled", "job.pruned"})
 # How long a followed event stream keeps trying to resume once the server stops answering.
 RECONNECT_WINDOW_SECONDS = 60.0
 # The longest wait between reconnections when the server names none (`retry:`).
@@ -451,3 +452,58 @@ def _image_part(image: StrPath | tuple[str, bytes], opened: ExitStack) -> tuple[
     if isinstance(image, tuple):
         return (image[0], image[1], BINARY)
     return (Path(image).name, opened.enter_context(open(image, "rb")), BINARY)
+
+
+class Searches(_Resource):
+    """Model searches: trials are jobs, steered by Optuna; each search has a leaderboard,
+    a Pareto front and a recommended model."""
+
+    def create(
+        self,
+        spec: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> _models.SearchRead:
+        """Start a search from a request (a dict, or fields as keywords: dataset_id,
+        space, fixed, objective, constraints, budget, sampler, pruner, seed)."""
+        if isinstance(spec, BaseModel):
+            spec = spec.model_dump(mode="json", exclude_unset=True)
+        body = {**(spec or {}), **fields}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._call(
+            _models.SearchRead,
+            "POST",
+            "/v1/searches",
+            json=body,
+            headers=headers or _new_idempotency_key(),
+        )
+
+    def get(self, search_id: str) -> _models.SearchRead:
+        """Read a search: status, budget used, leaderboard, Pareto front, recommendation."""
+        return self._call(_models.SearchRead, "GET", f"/v1/searches/{_q(search_id)}")
+
+    def list(self, *, limit: int = 20) -> Iterator[_models.SearchRead]:
+        """Every search of the team, newest first."""
+        return self._client._pages(
+            "/v1/searches", {"limit": limit}, _models.SearchRead.model_validate
+        )
+
+    def cancel(self, search_id: str) -> _models.SearchRead:
+        """Cancel a search and its queued and running trials (Conflict if it ended)."""
+        return self._call(_models.SearchRead, "POST", f"/v1/searches/{_q(search_id)}/cancel")
+
+    def wait(
+        self,
+        search_id: str,
+        poll: float = 2.0,
+        on_update: Callable[[_models.SearchRead], None] = lambda _: None,
+    ) -> _models.SearchRead:
+        """Poll until the search ends (succeeded, failed or cancelled) and return it;
+        on_update sees every poll (a live leaderboard, say)."""
+        while True:
+            current = self.get(search_id)
+            on_update(current)
+            if current.status != "running":
+                return current
+            self._client._sleep(poll)

@@ -479,7 +479,8 @@ def jobs_create(spec_file: Path | None, as_json: bool, **options: Any) -> None:
 
 @jobs.command("list")
 @click.option(
-    "--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"])
+    "--status",
+    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "pruned"]),
 )
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @json_option
@@ -753,6 +754,157 @@ def show_evaluation(ev: Any) -> None:
     cm = r["confusion_matrix"]
     rows = [[name, *row] for name, row in zip(cm["labels"], cm["matrix"], strict=True)]
     table("confusion matrix (rows: true class)", ["", *cm["labels"]], rows)
+
+
+# -- model searches
+
+
+@main.group("search", cls=GraftGroup)
+def search() -> None:
+    """Model search: Graft picks the architecture, strategy and learning rate."""
+
+
+@search.command("create")
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", "dataset_id", help="The dataset (ds_…), over the file's dataset_id.")
+@click.option("--watch", is_flag=True, help="Show the leaderboard live until the search ends.")
+@json_option
+def search_create(request_file: Path, dataset_id: str | None, watch: bool, as_json: bool) -> None:
+    """Start a search from REQUEST_FILE, a JSON request as POST /v1/searches takes it
+    (dataset_id, space, fixed, objective, constraints, budget)."""
+    try:
+        request = json.loads(request_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(
+            f"{request_file} is not a JSON request: {exc}.",
+            code="invalid_spec",
+            exit_code=INVALID,
+            param="request_file",
+        ) from exc
+    if not isinstance(request, dict):
+        raise CommandError(
+            f"{request_file} must hold a JSON object.",
+            code="invalid_spec",
+            exit_code=INVALID,
+            param="request_file",
+        )
+    if dataset_id:
+        request["dataset_id"] = dataset_id
+    with make_client() as client:
+        found = client.searches.create(spec=request)
+        if watch:
+            err.print(f"Search {found.id} started.")
+            found = _watch_search(client, found.id)
+    emit(found, as_json, show_search)
+
+
+@search.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def search_list(limit: int, as_json: bool) -> None:
+    """The team's searches, newest first."""
+    with make_client() as client:
+        found = []
+        for item in client.searches.list():
+            found.append(item)
+            if len(found) >= limit:
+                break
+    emit(
+        found,
+        as_json,
+        lambda items: table(
+            None,
+            ["id", "status", "trials", "epochs", "recommended", "created"],
+            [
+                [
+                    s.id,
+                    s.status,
+                    s.budget_used.trials,
+                    s.budget_used.epochs,
+                    s.recommended_model_id,
+                    s.created_at,
+                ]
+                for s in items
+            ],
+        ),
+    )
+
+
+@search.command("show")
+@click.argument("search_id")
+@json_option
+def search_show(search_id: str, as_json: bool) -> None:
+    """One search: its leaderboard, Pareto front and recommended model."""
+    with make_client() as client:
+        emit(client.searches.get(search_id), as_json, show_search)
+
+
+@search.command("watch")
+@click.argument("search_id")
+@json_option
+def search_watch(search_id: str, as_json: bool) -> None:
+    """The leaderboard, live, until the search ends."""
+    with make_client() as client:
+        emit(_watch_search(client, search_id), as_json, show_search)
+
+
+@search.command("cancel")
+@click.argument("search_id")
+@json_option
+def search_cancel(search_id: str, as_json: bool) -> None:
+    """Cancel a search: queued trials never start, running ones stop."""
+    with make_client() as client:
+        emit(client.searches.cancel(search_id), as_json, show_search)
+
+
+def _watch_search(client: Client, search_id: str) -> Any:
+    seen: list[tuple[int, int]] = []
+
+    def progress(s: Any) -> None:
+        now = (s.budget_used.trials, s.budget_used.epochs)
+        if not seen or seen[-1] != now:
+            seen.append(now)
+            counts = ", ".join(f"{n} {status}" for status, n in sorted(s.trials.items()))
+            err.print(f"{s.id}: {now[0]} trials, {now[1]} epochs ({counts})", markup=False)
+
+    try:
+        return client.searches.wait(search_id, on_update=progress)
+    except KeyboardInterrupt:
+        err.print(f"\nStopped watching; {search_id} goes on: graft search watch {search_id}")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def show_search(s: Any) -> None:
+    spec = s.spec
+    line = f"{s.id} {s.status}: {s.budget_used.trials}/{spec['budget']['max_trials']} trials"
+    out.print(line + f", {s.budget_used.epochs} epochs", markup=False)
+    if s.error:
+        err.print(f"{s.error.code}: {s.error.message}", markup=False)
+    objective = spec.get("objective", "val_accuracy")
+    rows = []
+    for t in s.leaderboard:
+        artifact = t.artifact
+        rows.append(
+            [
+                t.number,
+                t.status,
+                ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
+                _fmt(t.value),
+                t.epochs,
+                f"{artifact.size_mb:.2f}" if artifact else None,
+                _fmt(artifact.latency_ms) if artifact else None,
+                {True: "yes", False: "no"}.get(t.meets_constraints),
+                t.model_id,
+            ]
+        )
+    columns = ["trial", "status", "params", objective, "epochs", "MB", "ms", "meets", "model"]
+    table("leaderboard", columns, rows)
+    if s.pareto_front:
+        front = [
+            [p.number, _fmt(p.value), _fmt(p.latency_ms), _fmt(p.size_mb)] for p in s.pareto_front
+        ]
+        table("Pareto front", ["trial", objective, "ms", "MB"], front)
+    out.print(f"recommended: {s.recommended_model_id or '-'}. {s.recommendation}", markup=False)
 
 
 # -- the server's commands (they need the server's extras)

@@ -5,8 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import CurrentTeam, Cursor, Limit, ReadAsTeam, SessionDep
-from app.api.responses import as_json
+from app.api.deps import (
+    CurrentTeam,
+    Cursor,
+    IdempotencyKeyHeader,
+    Limit,
+    ReadAsTeam,
+    SessionDep,
+)
+from app.api.responses import as_json, replayed
 from app.db.models import Team
 from app.repositories.searches import SearchRepository
 from app.schemas.common import ERROR_RESPONSES, ObjectId, PageOf
@@ -16,11 +23,24 @@ from app.services import searches as service
 router = APIRouter(prefix="/v1/searches", tags=["searches"], responses=ERROR_RESPONSES)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchRead)
-def create_search(body: SearchCreate, session: SessionDep, team: CurrentTeam) -> SearchRead:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SearchRead,
+    responses={200: {"model": SearchRead, "description": "Replay of an Idempotency-Key"}},
+)
+def create_search(
+    body: SearchCreate,
+    session: SessionDep,
+    team: CurrentTeam,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> SearchRead:
     """Start a model search: its first trials (up to budget.max_parallel) are queued as
     jobs at once; each trial that ends lets the next one start."""
-    return service.read(session, service.create_search(session, team, body))
+    search, created = service.create_search_idempotent(session, team, body, idempotency_key)
+    replayed(response, created)
+    return service.read(session, search)
 
 
 @router.get("", response_model=PageOf[SearchRead])

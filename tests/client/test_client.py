@@ -440,14 +440,14 @@ def test_a_server_that_cannot_be_reached_is_api_connection_error() -> None:
 # ---------------------------------------------------------------- retries are idempotent
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/datasets"])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/datasets", "/v1/searches"])
 def test_a_lost_answer_is_retried_with_the_same_idempotency_key_and_creates_one_object(
     api: Api, tmp_path: Path, path: str
 ) -> None:
     key = api.new_team()
     setup = connect(api, key)
     archive = zip_file(tmp_path)
-    ds = setup.datasets.upload(archive, name="first") if path == "/v1/jobs" else None
+    ds = setup.datasets.upload(archive, name="first") if path != "/v1/datasets" else None
     inner: httpx.BaseTransport = api.client._transport
     keys: list[str] = []
 
@@ -462,10 +462,56 @@ def test_a_lost_answer_is_retried_with_the_same_idempotency_key_and_creates_one_
 
     http = httpx.Client(transport=httpx.MockTransport(lose_the_first_answer))
     client = Client(BASE_URL, key, http=http, retry_backoff=0.001)
-    if ds is not None:
+    if path == "/v1/searches":
+        assert ds is not None
+        search = client.searches.create(**search_request(ds.id))
+        assert [s.id for s in setup.searches.list()] == [search.id]
+        assert len(list(setup.jobs.list())) == 2  # its first trials, once
+    elif ds is not None:
         job = client.jobs.create(**spec(ds.id))
         assert [j.id for j in setup.jobs.list()] == [job.id]
     else:
         made = client.datasets.upload(archive, name="digits")
         assert [d.id for d in setup.datasets.list()] == [made.id]
     assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 36
+
+
+# ---------------------------------------------------------------- searches
+
+
+def search_request(dataset_id: str) -> dict[str, Any]:
+    return {
+        "dataset_id": dataset_id,
+        "space": {"learning_rate": {"low": 1e-4, "high": 1e-2}},
+        "fixed": {"base_model": "resnet18", "pretrained_weights": "none", "image_size": 16},
+        "budget": {"max_trials": 4, "max_parallel": 2},
+    }
+
+
+def test_searches_create_get_list_wait_and_cancel(client: Client, dataset_id: str) -> None:
+    search = client.searches.create(**search_request(dataset_id))
+    assert search.status == "running" and search.budget_used.trials == 2
+    assert client.searches.get(search.id) == search
+    assert [s.id for s in client.searches.list()] == [search.id]
+    # Its trials are jobs of the team, each naming the search.
+    trial_jobs = {t.job_id for t in search.leaderboard}
+    assert {j.id for j in client.jobs.list() if j.search_id == search.id} == trial_jobs
+    cancelled = client.searches.cancel(search.id)
+    assert cancelled.status == "cancelled" and cancelled.trials == {"cancelled": 2}
+    seen: list[str] = []
+    assert client.searches.wait(search.id, poll=0.01, on_update=lambda s: seen.append(s.status))
+    assert seen == ["cancelled"]
+    with pytest.raises(Conflict) as again:
+        client.searches.cancel(search.id)
+    assert again.value.code == "search_finished"
+
+
+def test_a_bad_search_raises_validation_error_naming_the_field(
+    client: Client, dataset_id: str
+) -> None:
+    request = search_request(dataset_id)
+    request["space"] = {"learning_rate": {"low": 0.1, "high": 0.01}}
+    with pytest.raises(ValidationError) as bad:
+        client.searches.create(**request)
+    assert bad.value.param == "space.learning_rate"
+    assert list(client.searches.list()) == []

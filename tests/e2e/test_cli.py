@@ -156,6 +156,45 @@ def test_bad_input_is_one_line_with_a_distinct_exit_code(
     assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_search_create_watch_show_and_a_bad_request(
+    service: dict[str, Any], tmp_path: Path
+) -> None:
+    up = graft(service, "datasets", "upload", str(image_folder(tmp_path / "d", 12)), "--json")
+    dataset = json.loads(up.stdout)
+    request = {
+        "space": {"learning_rate": {"low": 1e-3, "high": 1e-2}},
+        "fixed": {
+            "base_model": "resnet18",
+            "pretrained_weights": "none",
+            "image_size": 16,
+            "epochs": 1,
+        },
+        "constraints": {"quantization": "int8", "max_size_mb": 100},
+        "budget": {"max_trials": 2, "max_parallel": 1},
+    }
+    path = tmp_path / "search.json"
+    path.write_text(json.dumps(request))
+    made = graft(service, "search", "create", str(path), "--dataset", dataset["id"], "--json")
+    assert made.returncode == 0, made.stderr
+    search = json.loads(made.stdout)
+    watched = graft(service, "search", "watch", search["id"])
+    assert watched.returncode == 0, watched.stderr
+    assert "leaderboard" in watched.stdout and "Pareto front" in watched.stdout
+    shown = json.loads(graft(service, "search", "show", search["id"], "--json").stdout)
+    assert shown == api_get(service, f"/v1/searches/{search['id']}")
+    assert shown["status"] == "succeeded" and shown["recommended_model_id"] in watched.stdout
+    listed = json.loads(graft(service, "search", "list", "--json").stdout)
+    assert [s["id"] for s in listed] == [search["id"]]
+    # A bad request: one line naming the field, exit code 4, nothing created.
+    path.write_text(json.dumps({**request, "budget": {"max_trials": 0}}))
+    bad = graft(service, "search", "create", str(path), "--dataset", dataset["id"])
+    assert bad.returncode == 4 and "budget.max_trials" in bad.stderr, bad.stderr
+    path.write_text("{not json")
+    broken = graft(service, "search", "create", str(path))
+    assert broken.returncode == 4 and "not a JSON request" in broken.stderr, broken.stderr
+    assert len(json.loads(graft(service, "search", "list", "--json").stdout)) == 1
+
+
 def test_a_wrong_key_or_a_bad_folder_creates_nothing(
     service: dict[str, Any], tmp_path: Path
 ) -> None:
