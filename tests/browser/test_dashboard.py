@@ -404,6 +404,44 @@ def test_cancel_stops_a_job(page: Any, service: dict[str, Any]) -> None:
     page.locator("#event-log li[data-type='job.cancelled']").wait_for()
 
 
+def test_a_search_shows_its_leaderboard_and_frontier(page: Any, service: dict[str, Any]) -> None:
+    (dataset,) = need("dataset")
+    # Seed 4 draws resnet18 (int8: about 11 MB) then mobilenet_v3_small (about 1.5 MB).
+    request = {
+        "dataset_id": dataset["id"],
+        "space": {"base_model": ["resnet18", "mobilenet_v3_small"]},
+        "fixed": {"pretrained_weights": "none", "image_size": 16, "epochs": 1},
+        "constraints": {"quantization": "int8", "max_size_mb": 5},
+        "budget": {"max_trials": 2, "max_parallel": 1},
+        "sampler": "random",
+        "pruner": "none",
+        "seed": 4,
+    }
+    created = api(service, "POST", "/v1/searches", json=request)
+    assert created.status_code == 201, created.text
+    search_id = created.json()["id"]
+    go(page, "#/searches")
+    page.locator(f"a[href='#/searches/{search_id}']").click()
+    page.locator("#search-status", has_text="succeeded").wait_for(timeout=240_000)
+    search = api(service, "GET", f"/v1/searches/{search_id}").json()
+    until(page, "n => document.querySelectorAll('#leaderboard tbody tr').length === n", 2)
+    small = next(t for t in search["leaderboard"] if t["meets_constraints"])
+    assert search["recommended_model_id"] == small["model_id"]
+    recommended = page.locator("#leaderboard tr.recommended")
+    assert recommended.get_attribute("data-trial") == str(small["number"])
+    assert small["model_id"] in page.locator("#recommendation").inner_text()
+    # Both trials on the chart; the one over the size limit is marked as missing it.
+    circles = page.locator("#pareto circle.trial")
+    assert circles.count() == 2
+    misses = page.locator("#pareto circle.misses")
+    big = next(t for t in search["leaderboard"] if not t["meets_constraints"])
+    assert misses.count() == 1 and misses.get_attribute("data-trial") == str(big["number"])
+    front = page.locator("#pareto-table tbody tr").count()
+    assert front == len(search["pareto_front"]) >= 1
+    shot(page, "search.png")
+    made["search_id"] = search_id
+
+
 # ---------------------------------------------------------------- bad ids, narrow windows
 
 
@@ -440,6 +478,7 @@ def test_a_narrow_window_wraps_and_tables_scroll(page: Any) -> None:
             f"#/jobs/{job['id']}",
             f"#/datasets/{job['spec']['dataset_id']}",
             "#/new-job",
+            *([f"#/searches/{made['search_id']}"] if "search_id" in made else []),
         ):
             go(page, hash_)
             page.locator("main h1").first.wait_for()
@@ -452,7 +491,7 @@ def test_a_narrow_window_wraps_and_tables_scroll(page: Any) -> None:
 def test_every_control_has_a_label(page: Any) -> None:
     (model,) = need("model")
     unlabeled = []
-    for hash_ in ("#/new-job", f"#/models/{model['id']}", "#/datasets", "#/jobs"):
+    for hash_ in ("#/new-job", f"#/models/{model['id']}", "#/datasets", "#/jobs", "#/searches"):
         go(page, hash_)
         page.locator("main h1").first.wait_for()
         unlabeled += page.evaluate(

@@ -8,8 +8,8 @@ const SVG = 'http://www.w3.org/2000/svg';
 const ARCHITECTURES = ['resnet18', 'resnet50', 'mobilenet_v2', 'mobilenet_v3_small', 'mobilenet_v3_large',
   'efficientnet_b0', 'convnext_tiny', 'vgg16', 'vit_b_16'];
 const ACTIVE = ['queued', 'running'];
-const TERMINAL = ['job.succeeded', 'job.failed', 'job.cancelled'];
-const ENDED = { succeeded: 'Succeeded', failed: 'Failed', cancelled: 'Cancelled' };
+const TERMINAL = ['job.succeeded', 'job.failed', 'job.cancelled', 'job.pruned'];
+const ENDED = { succeeded: 'Succeeded', failed: 'Failed', cancelled: 'Cancelled', pruned: 'Pruned' };
 const main = document.getElementById('main');
 let view = null; // the page on screen: {signal, urls}; replaced on every navigation
 
@@ -63,6 +63,7 @@ function dl(pairs) {
   return h('dl', { class: 'facts' }, pairs.filter((p) => p).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
 function section(title, ...kids) { return h('section', { class: 'card' }, h('h2', {}, title), kids); }
+const row = (cells, attrs) => h('tr', attrs || {}, cells.map((c) => h('td', {}, c)));
 function table(head, rows, attrs) {
   return h('div', { class: 'scroll' }, h('table', attrs || {},
     h('thead', {}, h('tr', {}, head.map((c) => h('th', { scope: 'col' }, c)))),
@@ -123,6 +124,7 @@ const routes = [
   [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/([^/]+)$/, jobView],
   [/^#\/models\/?$/, modelsView], [/^#\/models\/([^/]+)$/, modelView],
   [/^#\/evaluations\/([^/]+)$/, evaluationView],
+  [/^#\/searches\/?$/, searchesView], [/^#\/searches\/([^/]+)$/, searchView],
   [/^#\/new-job$/, newJobView],
 ];
 
@@ -292,7 +294,7 @@ function uploadCard(v) {
 
 async function jobsView(params, v) {
   const status = h('select', { id: 'job-status-filter' }, h('option', { value: '' }, 'any'),
-    ['queued', 'running', 'succeeded', 'failed', 'cancelled'].map((x) => h('option', { value: x }, x)));
+    ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'pruned'].map((x) => h('option', { value: x }, x)));
   status.value = params.get('status') || '';
   status.addEventListener('change', () => { location.hash = status.value ? `#/jobs?status=${status.value}` : '#/jobs'; });
   const list = h('div');
@@ -533,6 +535,7 @@ function renderJobHead(into, job, v, refresh) {
       ['Export', [...(spec.export || []), ...(spec.quantization || []).map((q) => `onnx-${q}`)].join(', ') || 'none'],
       ['Created', when(job.created_at)], ['Started', when(job.started_at)], ['Finished', when(job.finished_at)],
       ['Attempt', job.attempt],
+      job.search_id ? ['Search', link(`#/searches/${job.search_id}`, job.search_id)] : null,
       job.result ? ['Model', link(`#/models/${job.result.model_id}`, job.result.model_id)] : null]));
 }
 
@@ -969,5 +972,127 @@ async function newJobView(params) {
 // ---------------------------------------------------------------- start
 
 document.getElementById('sign-out').addEventListener('click', () => signOut('Signed out.'));
+// ---------------------------------------------------------------- model searches
+
+async function searchesView(_, v) {
+  const list = h('div');
+  add(main, h('h1', {}, 'Model searches'),
+    h('p', { class: 'hint' }, 'Start one with POST /v1/searches or `graft search create request.json`; each trial is a job.'),
+    section('All searches', list));
+  for (;;) {
+    const page = await pagedTable(list, '/v1/searches', ['Search', 'Status', 'Trials', 'Epochs', 'Recommended model', 'Created'],
+      (x) => [link(`#/searches/${x.id}`, x.id), badge(x.status), `${x.budget_used.trials} / ${x.spec.budget.max_trials}`,
+        x.budget_used.epochs, x.recommended_model_id ? link(`#/models/${x.recommended_model_id}`, x.recommended_model_id) : '—',
+        when(x.created_at)],
+      'No searches yet.');
+    if (!page.data.some((x) => x.status === 'running')) return;
+    await sleep(2000, v);
+    if (v.signal.aborted || list.querySelector('tbody tr:nth-child(21)')) return;
+  }
+}
+
+async function searchView(id, v) {
+  const head = h('div');
+  const board = section('Leaderboard');
+  const front = h('section', { class: 'card', id: 'frontier' });
+  add(main, head, board, front);
+  for (;;) {
+    const x = await api(`/v1/searches/${enc(id)}`);
+    renderSearchHead(head, x, v);
+    renderLeaderboard(board, x);
+    renderFrontier(front, x);
+    if (x.status !== 'running') return;
+    await sleep(2000, v);
+    if (v.signal.aborted) return;
+  }
+}
+
+function renderSearchHead(into, x, v) {
+  const spec = x.spec;
+  const msg = h('p', { id: 'cancel-message', role: 'status' });
+  const cancel = x.status === 'running'
+    ? h('button', { type: 'button', id: 'cancel', class: 'danger', onclick: async () => {
+      cancel.disabled = true;
+      try { await api(`/v1/searches/${enc(x.id)}/cancel`, { method: 'POST' }); msg.textContent = 'Cancelled: its trials stop.'; } catch (e) {
+        if (e.status === 401) { showError(e); return; }
+        msg.textContent = `Cancel refused: ${e.message}`;
+        cancel.disabled = false;
+      }
+    } }, 'Cancel search')
+    : null;
+  const c = spec.constraints;
+  const limits = [c.max_latency_ms != null ? `latency ≤ ${c.max_latency_ms} ms` : null,
+    c.max_size_mb != null ? `size ≤ ${c.max_size_mb} MB` : null].filter(Boolean).join(', ');
+  put(into,
+    h('div', { class: 'title' }, h('h1', {}, `Search ${x.id}`), h('span', { id: 'search-status' }, badge(x.status)), cancel),
+    msg,
+    x.error ? notice(`Failed: ${x.error.code}`, x.error.message) : null,
+    h('p', { id: 'recommendation', class: x.recommended_model_id ? 'ok' : '' },
+      x.recommended_model_id ? ['Recommended: ', link(`#/models/${x.recommended_model_id}`, x.recommended_model_id), '. '] : null,
+      x.recommendation),
+    dl([['Dataset', link(`#/datasets/${spec.dataset_id}`, spec.dataset_id)],
+      ['Objective', spec.objective], ['Sampler', `${spec.sampler} (seed ${spec.seed})`], ['Pruner', spec.pruner],
+      ['Trials', `${x.budget_used.trials} of ${spec.budget.max_trials}, ${spec.budget.max_parallel} at once`],
+      ['Epochs', `${x.budget_used.epochs}` + (spec.budget.max_epochs_total ? ` of ${spec.budget.max_epochs_total}` : '')],
+      ['Constraints', c.quantization ? `${limits || 'none'} on onnx-${c.quantization}` : 'none'],
+      ['Created', when(x.created_at)], ['Finished', when(x.finished_at)]]));
+}
+
+const paramText = (params) => Object.entries(params)
+  .map(([k, val]) => `${k} ${typeof val === 'number' ? val.toPrecision(3) : val}`).join(', ');
+
+function renderLeaderboard(into, x) {
+  const objective = x.spec.objective;
+  const rows = x.leaderboard.map((t) => row([t.number, badge(t.status), paramText(t.params),
+    objective === 'val_accuracy' ? pct(t.value) : fixed(t.value, 4), t.epochs,
+    t.artifact ? fixed(t.artifact.size_mb, 2) : '—', t.artifact ? fixed(t.artifact.latency_ms, 2) : '—',
+    t.meets_constraints === null ? '—' : (t.meets_constraints ? 'yes' : 'no'),
+    link(`#/jobs/${t.job_id}`, t.job_id), t.model_id ? link(`#/models/${t.model_id}`, t.model_id) : '—'],
+  { 'data-trial': t.number, class: t.model_id && t.model_id === x.recommended_model_id ? 'recommended' : null }));
+  put(into, h('h2', {}, 'Leaderboard'),
+    rows.length
+      ? table(['Trial', 'Status', 'Parameters', objective, 'Epochs', 'MB', 'ms', 'Meets', 'Job', 'Model'], rows, { id: 'leaderboard' })
+      : h('p', { class: 'empty' }, 'No trials yet.'));
+}
+
+// Objective against latency: every succeeded trial with an artifact, the Pareto front
+// (objective, latency and size) joined and marked, the recommended model ringed.
+function renderFrontier(into, x) {
+  put(into, h('h2', {}, 'Accuracy against latency'));
+  const pts = x.leaderboard.filter((t) => t.value !== null && t.artifact && t.artifact.latency_ms !== null);
+  if (!pts.length) {
+    add(into, h('p', { class: 'empty', id: 'no-frontier' }, x.spec.constraints.quantization
+      ? 'The frontier appears once a trial has succeeded and its quantized artifact was measured.'
+      : 'No frontier: the search exports no quantized artifact (constraints.quantization).'));
+    return;
+  }
+  const onFront = new Set(x.pareto_front.map((p) => p.number));
+  const W = 480; const H = 280; const L = 56; const R = 16; const T = 12; const B = 40;
+  const lat = pts.map((t) => t.artifact.latency_ms); const val = pts.map((t) => t.value);
+  const [x0, x1] = [Math.min(...lat) * 0.9, Math.max(...lat) * 1.1 + 1e-9];
+  const [y0, y1] = [Math.min(...val) - 0.02, Math.max(...val) + 0.02];
+  const px = (ms) => L + ((W - L - R) * (ms - x0)) / (x1 - x0);
+  const py = (y) => T + (H - T - B) * (1 - (y - y0) / (y1 - y0));
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart scatter', role: 'img', 'aria-label': 'objective against latency per trial' });
+  for (let i = 0; i <= 4; i += 1) {
+    const yv = y0 + ((y1 - y0) * i) / 4; const xv = x0 + ((x1 - x0) * i) / 4;
+    add(svg, s('line', { x1: L, x2: W - R, y1: py(yv), y2: py(yv), class: 'grid-line' }),
+      s('text', { x: L - 6, y: py(yv) + 4, 'text-anchor': 'end', class: 'tick' }, yv.toFixed(3)),
+      s('text', { x: px(xv), y: H - B + 16, 'text-anchor': 'middle', class: 'tick' }, xv.toFixed(2)));
+  }
+  add(svg, s('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle', class: 'axis' }, `latency (ms, onnx-${x.spec.constraints.quantization}, batch 1)`));
+  const front = pts.filter((t) => onFront.has(t.number)).sort((a, b) => a.artifact.latency_ms - b.artifact.latency_ms);
+  add(svg, s('polyline', { points: front.map((t) => `${px(t.artifact.latency_ms)},${py(t.value)}`).join(' '), class: 'frontier' }));
+  for (const t of pts) {
+    const cls = `pt trial${onFront.has(t.number) ? ' front' : ''}${t.meets_constraints ? '' : ' misses'}`;
+    add(svg, s('circle', { cx: px(t.artifact.latency_ms), cy: py(t.value), r: t.model_id === x.recommended_model_id ? 7 : 4.5, class: cls, 'data-trial': t.number },
+      s('title', {}, `trial ${t.number}: ${x.spec.objective} ${t.value.toFixed(4)}, ${t.artifact.latency_ms.toFixed(2)} ms, ${t.artifact.size_mb.toFixed(2)} MB${t.meets_constraints ? '' : ' (misses the constraints)'}`)));
+  }
+  add(into, h('figure', { id: 'pareto' }, svg,
+    h('p', { class: 'legend' }, h('span', { class: 'key front' }, 'Pareto front'), h('span', { class: 'key misses' }, 'misses a constraint'))),
+  table(['Trial', x.spec.objective, 'ms', 'MB', 'Model'], x.pareto_front.map((p) => row([p.number, fixed(p.value, 4), fixed(p.latency_ms, 2), fixed(p.size_mb, 2),
+    link(`#/models/${p.model_id}`, p.model_id)])), { id: 'pareto-table' }));
+}
+
 window.addEventListener('hashchange', () => route());
 route();
