@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from app.architectures import Architecture
 from app.config import get_settings
 from app.db.models import Job, Model, Search, Team
-from app.db.session import after_commit, in_transaction, read_scope
+from app.db.session import after_commit, in_transaction, on_rollback, read_scope
 from app.errors import AppError, Conflict, InvalidInput, NotFound, found
 from app.ids import new_id
 from app.repositories.datasets import DatasetRepository
@@ -99,6 +99,9 @@ def create_search(session: Session, team: Team, spec: SearchCreate) -> Search:
     )
     url = settings.sqlalchemy_url
     studies.create(url, search.id, spec)
+    # The study is committed on Optuna's connection: remove it if this request's
+    # transaction does not commit (an error here, or at the commit itself).
+    on_rollback(session, lambda: studies.delete(url, search.id))
     try:
         asked = [studies.ask(url, search.id, spec, slot) for slot in range(first)]
         search.trials_created = len(asked)
@@ -345,7 +348,8 @@ def advance(search_id: str) -> None:
                 in_transaction(_finish, search_id)
             return
         if not _fill_one(url, snap):
-            log.info("search %s: slot %d taken by another process", search_id, free)
+            slot = snap.search.trials_created
+            log.info("search %s: slot %d taken by another process", search_id, slot)
         next_snap = _snapshot(search_id)
         if next_snap is None:
             return
