@@ -10,8 +10,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from operator import attrgetter
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -20,6 +22,14 @@ from app.errors import Conflict, InvalidInput
 from app.repositories.idempotency import IdempotencyRepository
 
 T = TypeVar("T")
+R = TypeVar("R", covariant=True)
+
+
+class _TeamRows(Protocol[R]):
+    """A repository of a team's rows (TeamScopedRepository)."""
+
+    def get_for_team(self, team_id: str, id: str) -> R | None: ...
+
 
 MAX_KEY_LENGTH = 200
 TTL = timedelta(hours=24)
@@ -73,3 +83,27 @@ def idempotent(
         )
     )
     return obj, True
+
+
+def create_once(
+    session: Session,
+    repo: _TeamRows[T],
+    *,
+    team_id: str,
+    scope: str,
+    key: str | None,
+    body: BaseModel,
+    create: Callable[[], T],
+) -> tuple[T, bool]:
+    """idempotent() for a row of the team created from a request body: the body is the
+    fingerprint, the row's id is remembered, and a replay loads it from `repo`."""
+    return idempotent(
+        session,
+        team_id=team_id,
+        scope=scope,
+        key=key,
+        fingerprint=request_hash(body.model_dump(mode="json")),
+        load=lambda object_id: repo.get_for_team(team_id, object_id),
+        create=create,
+        id_of=attrgetter("id"),
+    )

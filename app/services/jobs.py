@@ -23,7 +23,7 @@ from app.schemas.jobs import JobCreate
 from app.services import job_runs, quotas
 from app.services.datasets import get_dataset
 from app.services.events import record_event
-from app.services.idempotency import idempotent, request_hash
+from app.services.idempotency import create_once
 from app.services.models import get_model
 from app.storage import Storage
 
@@ -107,16 +107,14 @@ def create_job_idempotent(
     session: Session, team: Team, spec: JobCreate, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """create_job, once per Idempotency-Key; returns the job and whether it is new."""
-    repo = JobRepository(session)
-    return idempotent(
+    return create_once(
         session,
+        JobRepository(session),
         team_id=team.id,
         scope="jobs.create",
         key=idempotency_key,
-        fingerprint=request_hash(spec.model_dump(mode="json")),
-        load=lambda job_id: repo.get_for_team(team.id, job_id),
+        body=spec,
         create=lambda: create_job(session, team, spec),
-        id_of=lambda job: job.id,
     )
 
 

@@ -38,7 +38,7 @@ from app.repositories.teams import TeamRepository
 from app.schemas.jobs import Hyperparameters, JobCreate
 from app.schemas.searches import SearchCreate, SearchRead
 from app.services import job_runs, quotas, studies
-from app.services.idempotency import idempotent, request_hash
+from app.services.idempotency import create_once
 from app.services.jobs import check_spec, enqueue, ready_dataset, resolve_base_model
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,14 @@ def create_search_idempotent(
     session: Session, team: Team, spec: SearchCreate, idempotency_key: str | None
 ) -> tuple[Search, bool]:
     """create_search, once per Idempotency-Key; returns the search and whether it is new."""
-    repo = SearchRepository(session)
-    return idempotent(
+    return create_once(
         session,
+        SearchRepository(session),
         team_id=team.id,
         scope="searches.create",
         key=idempotency_key,
-        fingerprint=request_hash(spec.model_dump(mode="json")),
-        load=lambda search_id: repo.get_for_team(team.id, search_id),
+        body=spec,
         create=lambda: create_search(session, team, spec),
-        id_of=lambda search: search.id,
     )
 
 
