@@ -1,6 +1,6 @@
 """Model searches that really train: real worker processes, Optuna's real storage on
-PostgreSQL (and on SQLite under `graft serve`), trials that run, get pruned, get
-cancelled and survive a SIGKILL.
+PostgreSQL (and on SQLite under `graft serve`), trials that run, get pruned and get
+cancelled (a SIGKILL and a broker outage: tests/e2e/test_search_reliability.py).
 
 The pruning tests are built so that their outcome is certain: with seed 4 the
 sampler's first two draws are learning rates 0.013 and 9.3e-6 (the tests check this
@@ -12,7 +12,6 @@ best, and is pruned.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,11 +25,6 @@ from app.config import get_settings
 from app.services import studies
 from tests.conftest import Api, digits_images, wait_for, zip_dataset
 from tests.e2e.helpers import embedded_service
-from tests.e2e.test_reliability import (  # noqa: F401  (fixtures)
-    redis_server,
-    stack,
-    start,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -206,75 +200,6 @@ def test_cancel_stops_every_trial(team: dict[str, Any]) -> None:
     after = get(team, f"/v1/searches/{search['id']}")
     assert after["budget_used"]["trials"] == 2 and after["trials"] == {"cancelled": 2}
     assert set(study_states(search["id"]).values()) == {"FAIL"}
-
-
-def test_a_sigkilled_worker_mid_trial_leaves_no_lost_and_no_doubled_trial(
-    stack: dict[str, Any],  # noqa: F811
-) -> None:
-    a = start(stack, "a")
-    api, key = stack["api"], stack["key"]
-    body = {
-        "dataset_id": stack["dataset_id"],
-        "space": {"learning_rate": {"low": 1e-3, "high": 1e-2}},
-        "fixed": {**FIXED, "strategy": "full", "batch_size": 8, "epochs": 3},
-        "budget": {"max_trials": 2, "max_parallel": 1},
-        "pruner": "none",
-    }
-    search = api.as_team(key, "POST", "/v1/searches", json=body).json()
-    first = search["leaderboard"][0]["job_id"]
-
-    def job(job_id: str) -> dict[str, Any]:
-        return dict(api.as_team(key, "GET", f"/v1/jobs/{job_id}").json())
-
-    def in_epoch_two() -> bool:
-        p = job(first)["progress"] or {}
-        return p.get("epoch") == 2 and p.get("step", 0) >= 1
-
-    wait_for(in_epoch_two, 180, "trial 0 to be in epoch 2", interval=0.1)
-    a.stop(signal.SIGKILL)
-    start(stack, "b")
-
-    def ended() -> dict[str, Any] | None:
-        s = api.as_team(key, "GET", f"/v1/searches/{search['id']}").json()
-        return s if s["status"] != "running" else None
-
-    done = wait_for(ended, 300, "the search to end", interval=0.5)
-    assert done["status"] == "succeeded", done
-    assert [t["number"] for t in sorted(done["leaderboard"], key=lambda t: t["number"])] == [0, 1]
-    resumed = job(first)
-    assert resumed["status"] == "succeeded" and resumed["attempt"] == 2
-    assert [m["epoch"] for m in resumed["metrics"]] == [1, 2, 3]
-    # Each epoch counted once, though trial 0 ran part of epoch 2 twice.
-    assert done["budget_used"] == {"trials": 2, "epochs": 6}
-    jobs = api.as_team(key, "GET", "/v1/jobs").json()["data"]
-    assert sorted(j["id"] for j in jobs) == sorted(t["job_id"] for t in done["leaderboard"])
-    assert study_states(search["id"]) == {0: "COMPLETE", 1: "COMPLETE"}
-
-
-def test_a_search_started_while_the_broker_is_down_runs_once_it_is_back(
-    stack: dict[str, Any],  # noqa: F811
-) -> None:
-    api, key = stack["api"], stack["key"]
-    stack_redis = stack["redis"]
-    stack_redis.stop()
-    body = {
-        "dataset_id": stack["dataset_id"],
-        "space": {"learning_rate": {"low": 1e-3, "high": 1e-2}},
-        "fixed": {**FIXED, "epochs": 1},
-        "budget": {"max_trials": 2, "max_parallel": 1},
-    }
-    r = api.as_team(key, "POST", "/v1/searches", json=body)
-    assert r.status_code == 201, r.text
-    assert r.json()["trials"] == {"queued": 1}
-    stack_redis.start()
-    start(stack, "a")
-
-    def ended() -> dict[str, Any] | None:
-        s = api.as_team(key, "GET", f"/v1/searches/{r.json()['id']}").json()
-        return s if s["status"] != "running" else None
-
-    done = wait_for(ended, 300, "the search to end", interval=0.5)
-    assert done["status"] == "succeeded" and done["trials"] == {"succeeded": 2}, done
 
 
 def test_a_search_on_the_embedded_defaults(tmp_path: Path) -> None:
