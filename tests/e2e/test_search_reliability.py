@@ -57,7 +57,8 @@ def test_a_sigkilled_worker_mid_trial_leaves_no_lost_and_no_doubled_trial(
 
     done = wait_for(ended, 300, "the search to end", interval=0.5)
     assert done["status"] == "succeeded", done
-    assert [t["number"] for t in sorted(done["leaderboard"], key=lambda t: t["number"])] == [0, 1]
+    numbers = sorted(t["number"] for t in done["leaderboard"])
+    assert len(numbers) == 2 and numbers[0] == 0 and len(set(numbers)) == 2
     resumed = job(first)
     assert resumed["status"] == "succeeded" and resumed["attempt"] == 2
     assert [m["epoch"] for m in resumed["metrics"]] == [1, 2, 3]
@@ -65,7 +66,12 @@ def test_a_sigkilled_worker_mid_trial_leaves_no_lost_and_no_doubled_trial(
     assert done["budget_used"] == {"trials": 2, "epochs": 6}
     jobs = api.as_team(key, "GET", "/v1/jobs").json()["data"]
     assert sorted(j["id"] for j in jobs) == sorted(t["job_id"] for t in done["leaderboard"])
-    assert study_states(search["id"]) == {0: "COMPLETE", 1: "COMPLETE"}
+    # Optuna: each stored trial complete. Two advances may race for slot 1 (this
+    # worker's, after trial 0, and its maintenance pass's): the loser's ask is told
+    # failed at once and never becomes a job, so no trial is left running.
+    states = study_states(search["id"])
+    assert {n: states[n] for n in numbers} == {n: "COMPLETE" for n in numbers}
+    assert {s for n, s in states.items() if n not in numbers} <= {"FAIL"}
 
 
 def test_a_search_started_while_the_broker_is_down_runs_once_it_is_back(

@@ -113,12 +113,14 @@ def test_a_search_runs_to_completion_with_pruning(team: dict[str, Any]) -> None:
     )
     done = wait_search(team, search["id"])
     assert done["status"] == "succeeded", done
-    by_number = {t["number"]: t for t in done["leaderboard"]}
-    assert sorted(by_number) == [0, 1, 2]
+    # In the order the trials were created (a trial number may skip one: an ask that
+    # lost its slot to another process's is told failed and never becomes a job).
+    ordered = sorted(done["leaderboard"], key=lambda t: t["number"])
+    assert len(ordered) == 3
     # The premise: the seed's first two draws.
-    assert by_number[0]["params"]["learning_rate"] == pytest.approx(0.012956, rel=1e-3)
-    assert by_number[1]["params"]["learning_rate"] == pytest.approx(9.305e-6, rel=1e-3)
-    first, pruned = by_number[0], by_number[1]
+    first, pruned = ordered[0], ordered[1]
+    assert first["params"]["learning_rate"] == pytest.approx(0.012956, rel=1e-3)
+    assert pruned["params"]["learning_rate"] == pytest.approx(9.305e-6, rel=1e-3)
     assert first["status"] == "succeeded" and first["epochs"] == 3
     assert pruned["status"] == "pruned" and pruned["pruned"] and pruned["epochs"] == 1
     assert pruned["model_id"] is None and pruned["value"] is not None  # its metrics stay
@@ -144,12 +146,11 @@ def test_a_search_runs_to_completion_with_pruning(team: dict[str, Any]) -> None:
     assert done["pareto_front"] and done["pareto_front"][0]["number"] == best["number"]
     # Optuna's study holds the same story.
     states = study_states(done["id"])
-    assert states[1] == "PRUNED"
-    assert {n: s for n, s in states.items() if n != 1} == {
-        t["number"]: "COMPLETE" if t["status"] == "succeeded" else "PRUNED"
-        for t in done["leaderboard"]
-        if t["number"] != 1
-    }
+    assert states[pruned["number"]] == "PRUNED"
+    stored = {t["number"]: "COMPLETE" if t["status"] == "succeeded" else "PRUNED"
+              for t in done["leaderboard"]}  # fmt: skip
+    assert {n: states[n] for n in stored} == stored
+    assert {state for n, state in states.items() if n not in stored} <= {"FAIL"}
 
 
 def test_constraints_exclude_a_model_that_misses_them_and_say_so(team: dict[str, Any]) -> None:
@@ -230,9 +231,9 @@ def test_a_search_on_the_embedded_defaults(tmp_path: Path) -> None:
 
         done = wait_for(ended, 300, "the search to end", interval=0.5)
         assert done["status"] == "succeeded", done
-        by_number = {t["number"]: t for t in done["leaderboard"]}
-        assert by_number[1]["params"]["learning_rate"] == pytest.approx(9.305e-6, rel=1e-3)
-        assert by_number[0]["status"] == "succeeded" and by_number[1]["status"] == "pruned"
+        ordered = sorted(done["leaderboard"], key=lambda t: t["number"])
+        assert ordered[1]["params"]["learning_rate"] == pytest.approx(9.305e-6, rel=1e-3)
+        assert ordered[0]["status"] == "succeeded" and ordered[1]["status"] == "pruned"
         for row in done["leaderboard"]:
             job = client.get(f"/v1/jobs/{row['job_id']}").json()
             assert (job["status"], len(job["metrics"])) == (row["status"], row["epochs"])
