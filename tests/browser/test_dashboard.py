@@ -260,8 +260,10 @@ def test_the_succeeded_job_shows_its_report(page: Any, service: dict[str, Any]) 
     # The suspected label errors of the report, one figure each (the job JSON's first 24).
     suspects = report["label_issues"][:24]
     assert page.locator("#label-issues figure").count() == len(suspects)
-    log = page.locator("#event-log li").evaluate_all("ls => ls.map(l => l.dataset.type)")
     events = api(service, "GET", f"/v1/jobs/{job['id']}/events").json()
+    # The status (polled) can show the end before the stream has brought its last event.
+    until(page, "n => document.querySelectorAll('#event-log li').length >= n", len(events))
+    log = page.locator("#event-log li").evaluate_all("ls => ls.map(l => l.dataset.type)")
     assert log == [e["type"] for e in events]
     assert page.locator("#job-progress").evaluate("p => p.value") == 1
     made["model"] = model
