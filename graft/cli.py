@@ -322,19 +322,25 @@ def spec_options(*, with_dataset: bool) -> Callable[[F], F]:
     return decorate
 
 
+def read_json_object(
+    path: Path, what: str = "valid JSON", param: str | None = None
+) -> dict[str, Any]:
+    """The JSON object in `path`, or a CommandError saying what is wrong with it."""
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise CommandError(
+            f"{path} is not {what}: {exc}", code="invalid_spec", exit_code=INVALID, param=param
+        ) from exc
+    if not isinstance(found, dict):
+        raise CommandError(
+            f"{path} must hold a JSON object.", code="invalid_spec", exit_code=INVALID, param=param
+        )
+    return found
+
+
 def build_spec(spec_file: Path | None, options: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if spec_file is not None:
-        try:
-            spec = json.loads(spec_file.read_text())
-        except ValueError as exc:
-            raise CommandError(
-                f"{spec_file} is not valid JSON: {exc}", code="invalid_spec", exit_code=INVALID
-            ) from exc
-        if not isinstance(spec, dict):
-            raise CommandError(
-                f"{spec_file} must hold a JSON object.", code="invalid_spec", exit_code=INVALID
-            )
+    spec: dict[str, Any] = {} if spec_file is None else read_json_object(spec_file)
     parents = {name: parent for name, parent, _, _ in _spec_fields()}
     for key, value in options.items():
         if not key.startswith("spec__") or value is None or value == ():
@@ -772,22 +778,7 @@ def search() -> None:
 def search_create(request_file: Path, dataset_id: str | None, watch: bool, as_json: bool) -> None:
     """Start a search from REQUEST_FILE, a JSON request as POST /v1/searches takes it
     (dataset_id, space, fixed, objective, constraints, budget)."""
-    try:
-        request = json.loads(request_file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(
-            f"{request_file} is not a JSON request: {exc}.",
-            code="invalid_spec",
-            exit_code=INVALID,
-            param="request_file",
-        ) from exc
-    if not isinstance(request, dict):
-        raise CommandError(
-            f"{request_file} must hold a JSON object.",
-            code="invalid_spec",
-            exit_code=INVALID,
-            param="request_file",
-        )
+    request = read_json_object(request_file, "a JSON request", param="request_file")
     if dataset_id:
         request["dataset_id"] = dataset_id
     with make_client() as client:

@@ -30,6 +30,7 @@ from app.db.models import Job, Model, Search, Team
 from app.db.session import after_commit, in_transaction, on_rollback, read_scope
 from app.errors import AppError, Conflict, InvalidInput, NotFound, found
 from app.ids import new_id
+from app.repositories.datasets import ACTIVE_JOB_STATUSES as ACTIVE
 from app.repositories.datasets import DatasetRepository
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.repositories.models import ModelRepository
@@ -43,7 +44,6 @@ from app.services.jobs import check_spec, enqueue, ready_dataset, resolve_base_m
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 # An Optuna trial that no job took within this many seconds was asked by a process
 # that died before storing its job: it is told failed, so TPE stops counting on it.
 ORPHAN_SECONDS = 300.0
@@ -100,15 +100,11 @@ def create_search(session: Session, team: Team, spec: SearchCreate) -> Search:
     # The study is committed on Optuna's connection: remove it if this request's
     # transaction does not commit (an error here, or at the commit itself).
     on_rollback(session, lambda: studies.delete(url, search.id))
-    try:
-        asked = [studies.ask(url, search.id, spec, slot) for slot in range(first)]
-        search.trials_created = len(asked)
-        SearchRepository(session).add(search)
-        for slot, trial in enumerate(asked):
-            _add_trial(session, team, search, spec, slot, trial, architectures)
-    except BaseException:
-        studies.delete(url, search.id)
-        raise
+    asked = [studies.ask(url, search.id, spec, slot) for slot in range(first)]
+    search.trials_created = len(asked)
+    SearchRepository(session).add(search)
+    for slot, trial in enumerate(asked):
+        _add_trial(session, team, search, spec, slot, trial, architectures)
     return search
 
 
@@ -325,9 +321,9 @@ def _snapshot(search_id: str) -> _Snapshot | None:
 
 
 def _models_of(session: Session, jobs: list[Job]) -> dict[str, Model]:
-    repo = ModelRepository(session)
-    found_models = (repo.get(j.result_model_id) for j in jobs if j.result_model_id)
-    return {m.id: m for m in found_models if m is not None}
+    """The models the trials produced, by id."""
+    ids = [j.result_model_id for j in jobs if j.result_model_id]
+    return {m.id: m for m in ModelRepository(session).get_many(ids)}
 
 
 def advance(search_id: str) -> None:
@@ -415,9 +411,6 @@ def _store_trial(session: Session, search_id: str, slot: int, asked: studies.Ask
 
 
 def _finish(session: Session, search_id: str) -> None:
-    search = SearchRepository(session).get(search_id)
-    if search is None:
-        return
     jobs = JobRepository(session).for_search(search_id)
     if any(j.status == "succeeded" for j in jobs):
         SearchRepository(session).finish(search_id, "succeeded")

@@ -144,10 +144,10 @@ def report(
     trial reporting an epoch again changes nothing (Optuna keeps the first report)."""
     if not math.isfinite(value):
         return False
-    study = _study(url, search_id, spec)
-    trial = Trial(study, _trial_id(url, search_id, number))
-    if trial.number != number or _finished(url, search_id, number):
+    trial_id = _trial_id(url, search_id, number)
+    if _finished(url, trial_id):
         return False
+    trial = Trial(_study(url, search_id, spec), trial_id)
     try:
         trial.report(value, epoch)
         return bool(trial.should_prune())
@@ -168,7 +168,7 @@ def tell(
     processes may race to tell the same trial: the second finds it finished)."""
     trial_id = _trial_id(url, search_id, number)
     with contextlib.suppress(UpdateFinishedTrialError):
-        if _finished(url, search_id, number):
+        if _finished(url, trial_id):
             return
         study = _study(url, search_id, spec)
         if constraints:
@@ -206,6 +206,5 @@ def _trial_id(url: str, search_id: str, number: int) -> int:
     )
 
 
-def _finished(url: str, search_id: str, number: int) -> bool:
-    store = storage(url)
-    return store.get_trial(_trial_id(url, search_id, number)).state.is_finished()
+def _finished(url: str, trial_id: int) -> bool:
+    return storage(url).get_trial(trial_id).state.is_finished()

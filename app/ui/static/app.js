@@ -229,6 +229,18 @@ async function pagedTable(into, path, head, row, empty) {
   return first;
 }
 
+// pagedTable, drawn again every 2 s while an item of the first page is still `moving`
+// (and no more pages were opened).
+async function livePagedTable(v, moving, ...args) {
+  const [list] = args;
+  for (;;) {
+    const page = await pagedTable(...args);
+    if (!page.data.some(moving)) return;
+    await sleep(2000, v);
+    if (v.signal.aborted || list.querySelector('tbody tr:nth-child(21)')) return;
+  }
+}
+
 async function datasetsView(_, v) {
   const list = h('div');
   add(main, h('h1', {}, 'Datasets'), uploadCard(v), section('All datasets', list));
@@ -302,16 +314,11 @@ async function jobsView(params, v) {
     h('div', { class: 'field inline' }, h('label', { for: 'job-status-filter' }, 'Status'), status),
     section('All jobs', list));
   const path = status.value ? `/v1/jobs?status=${status.value}` : '/v1/jobs';
-  for (;;) {
-    const page = await pagedTable(list, path, ['Job', 'Status', 'Progress', 'Base model', 'Dataset', 'Created'],
-      (j) => [link(`#/jobs/${j.id}`, j.id), badge(j.status), jobBar(j), j.spec.base_model,
-        link(`#/datasets/${j.spec.dataset_id}`, j.spec.dataset_id), when(j.created_at)],
-      'No jobs yet.');
-    // Refresh while a job on the first page is still moving (and no more pages were opened).
-    if (!page.data.some((j) => ACTIVE.includes(j.status))) return;
-    await sleep(2000, v);
-    if (v.signal.aborted || list.querySelector('tbody tr:nth-child(21)')) return;
-  }
+  await livePagedTable(v, (j) => ACTIVE.includes(j.status), list, path,
+    ['Job', 'Status', 'Progress', 'Base model', 'Dataset', 'Created'],
+    (j) => [link(`#/jobs/${j.id}`, j.id), badge(j.status), jobBar(j), j.spec.base_model,
+      link(`#/datasets/${j.spec.dataset_id}`, j.spec.dataset_id), when(j.created_at)],
+    'No jobs yet.');
 }
 
 function jobBar(job) {
@@ -979,16 +986,12 @@ async function searchesView(_, v) {
   add(main, h('h1', {}, 'Model searches'),
     h('p', { class: 'hint' }, 'Start one with POST /v1/searches or `graft search create request.json`; each trial is a job.'),
     section('All searches', list));
-  for (;;) {
-    const page = await pagedTable(list, '/v1/searches', ['Search', 'Status', 'Trials', 'Epochs', 'Recommended model', 'Created'],
-      (x) => [link(`#/searches/${x.id}`, x.id), badge(x.status), `${x.budget_used.trials} / ${x.spec.budget.max_trials}`,
-        x.budget_used.epochs, x.recommended_model_id ? link(`#/models/${x.recommended_model_id}`, x.recommended_model_id) : '—',
-        when(x.created_at)],
-      'No searches yet.');
-    if (!page.data.some((x) => x.status === 'running')) return;
-    await sleep(2000, v);
-    if (v.signal.aborted || list.querySelector('tbody tr:nth-child(21)')) return;
-  }
+  await livePagedTable(v, (x) => x.status === 'running', list, '/v1/searches',
+    ['Search', 'Status', 'Trials', 'Epochs', 'Recommended model', 'Created'],
+    (x) => [link(`#/searches/${x.id}`, x.id), badge(x.status), `${x.budget_used.trials} / ${x.spec.budget.max_trials}`,
+      x.budget_used.epochs, x.recommended_model_id ? link(`#/models/${x.recommended_model_id}`, x.recommended_model_id) : '—',
+      when(x.created_at)],
+    'No searches yet.');
 }
 
 async function searchView(id, v) {
