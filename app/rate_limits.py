@@ -179,6 +179,10 @@ class _RedisBuckets:
         self.client: redis.Redis = redis.Redis.from_url(url, **options)
         self._async_client = partial(redis.asyncio.Redis.from_url, url, **options)
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+        # Per identifier whose script is in flight on the loop: the requests waiting
+        # for the next one (spend_async).
+        self._waiting: dict[str, list[asyncio.Future[Decision]]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
         kw = self.client.connection_pool.connection_kwargs
         self.where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
         self._prefix = prefix
@@ -198,13 +202,69 @@ class _RedisBuckets:
         assert isinstance(decision, Decision)
         return decision
 
-    async def spend_async(self, limit: _Limit, ident: str, now: int) -> Decision:
-        """spend() on redis.asyncio's client, for the event loop's own use."""
+    async def spend_async(self, limit: _Limit, ident: str, clock: Clock) -> Decision:
+        """spend() on redis.asyncio's client, for the event loop's own use.
+
+        Requests of one identifier that arrive while its script is in flight wait for
+        the next call, which spends them together (weight n): under load one round trip
+        serves many requests, and each one still spends exactly one token. When the
+        bucket cannot pay for all n, they are decided one by one, in arrival order, so
+        the answers are those of n separate calls.
+        """
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            # A client per event loop: its connections belong to the loop.
+            # A client per event loop: its connections belong to the loop; so do the
+            # waiting requests.
             self._async = (loop, self._async_client())
-        reply = self._store(limit, ident, self._async[1]).check(_ALGORITHM, limit.rates, now, 1)
+            self._waiting.clear()
+        name = f"{limit.kind}:{ident}"
+        answer: asyncio.Future[Decision] = loop.create_future()
+        queue = self._waiting.get(name)
+        if queue is None:
+            # A task of its own, not the first request's: a request cancelled by its
+            # client (a disconnect) must not take the others' answers down with it.
+            queue = self._waiting[name] = []
+            drain = loop.create_task(self._drain(limit, ident, clock, name))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        queue.append(answer)
+        return await answer
+
+    async def _drain(self, limit: _Limit, ident: str, clock: Clock, name: str) -> None:
+        try:
+            while batch := self._waiting[name]:
+                self._waiting[name] = []
+                await self._decide(limit, ident, clock, batch)
+        finally:
+            for waiting in self._waiting.pop(name, []):
+                waiting.cancel()
+
+    async def _decide(
+        self, limit: _Limit, ident: str, clock: Clock, batch: list[asyncio.Future[Decision]]
+    ) -> None:
+        try:
+            decision = await self._check_async(limit, ident, clock(), len(batch))
+            if decision.allowed or len(batch) == 1:
+                decisions = [decision] * len(batch)
+            else:
+                decisions = [await self._check_async(limit, ident, clock(), 1) for _ in batch]
+        except Exception as exc:  # Redis trouble: each request takes its fallback
+            for waiting in batch:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+            return
+        except BaseException:  # the loop is closing
+            for waiting in batch:
+                waiting.cancel()
+            raise
+        for waiting, decided in zip(batch, decisions, strict=True):
+            if not waiting.done():  # its request may have been cancelled meanwhile
+                waiting.set_result(decided)
+
+    async def _check_async(self, limit: _Limit, ident: str, now: int, weight: int) -> Decision:
+        assert self._async is not None
+        store = self._store(limit, ident, self._async[1])
+        reply = store.check(_ALGORITHM, limit.rates, now, weight)
         decision = await reply if inspect.isawaitable(reply) else reply
         assert isinstance(decision, Decision)
         return decision
@@ -329,7 +389,7 @@ class RateLimits:
         if self._redis_usable():
             assert self._redis is not None
             try:
-                return await self._redis.spend_async(limit, ident, self._clock())
+                return await self._redis.spend_async(limit, ident, self._clock)
             except (redis.RedisError, OSError) as exc:
                 self._redis_failed(exc)
         return self._in_process(limit, ident, fallback=fallback)

@@ -10,7 +10,9 @@ PostgreSQL database holding a team with 10,000 jobs, and one bare FastAPI proces
 answering the same job JSON from memory. wrk (2 threads, or 1 at c=1) drives each
 endpoint for --seconds at 1 and 32 connections; the ratio column is requests/s over
 the bare endpoint's at the same concurrency, measured in the same run. Wrong keys and
-missing ids are measured too: they must cost no more than the right ones.
+missing ids are measured too: they must cost no more than the right ones. A second bare
+process runs with the garbage-collector settings `graft api` uses (app/cli.py), to show
+what they give FastAPI itself; the ratio stays over the plain bare endpoint.
 
 Part `followers`: GET /v1/jobs/{id} at 32 connections on one API process, alone and
 then with 200 Server-Sent Events followers of a running job connected to it.
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 from sqlalchemy import insert, text
 
+from app.cli import SERVING_GC_THRESHOLDS
 from app.db.base import utcnow
 from app.db.models import Job, Model
 from app.db.session import in_transaction, session_scope
@@ -66,6 +69,10 @@ from fastapi.responses import JSONResponse
 
 app = FastAPI()
 BODY = json.loads(os.environ["BENCH_BODY"])
+if os.environ.get("BENCH_GC"):  # the collector as `graft api` sets it
+    import gc
+    gc.freeze()
+    gc.set_threshold(*map(int, os.environ["BENCH_GC"].split(",")))
 
 @app.get("/v1/jobs/{job_id}")
 def get_job(job_id: str) -> JSONResponse:
@@ -169,9 +176,20 @@ def http_part(seconds: int) -> list[list[str]]:
             bare_cmd = [sys.executable, "-m", "uvicorn", "--app-dir", tmp, "bare:app"]
             # uvicorn's defaults, as `graft api` runs it (access log included).
             bare_cmd += ["--port", str(bare_port)]
-            with server(bare_cmd, {"BENCH_BODY": body}, bare_port, root / "bare.log") as bare:
+            gc_port = free_port()
+            gc_cmd = [*bare_cmd[:-1], str(gc_port)]
+            tuned = {"BENCH_BODY": body, "BENCH_GC": ",".join(map(str, SERVING_GC_THRESHOLDS))}
+            with (
+                server(bare_cmd, {"BENCH_BODY": body}, bare_port, root / "bare.log") as bare,
+                server(gc_cmd, tuned, gc_port, root / "bare_gc.log") as bare_gc,
+            ):
                 cases = [
                     ("bare FastAPI, same job JSON", f"{bare}/v1/jobs/{ids['job']}", None),
+                    (
+                        "bare FastAPI, with graft api's GC settings",
+                        f"{bare_gc}/v1/jobs/{ids['job']}",
+                        None,
+                    ),
                     ("GET /v1/jobs/{id}", f"{base}/v1/jobs/{ids['job']}", ids["key"]),
                     ("GET /v1/jobs?limit=20 (10,000 jobs)", f"{base}/v1/jobs?limit=20", ids["key"]),
                     ("GET /v1/models/{id}", f"{base}/v1/models/{ids['model']}", ids["key"]),

@@ -181,10 +181,19 @@ def _touch(key_id: str) -> None:
         touch_key(session, key_id)
 
 
-async def team_reader(request: Request, credentials: Credentials) -> TeamReader:
-    # One dependency, not one per part: each costs a pass of FastAPI's solver per
-    # request, a share of a poll's time (bench/bench_api.py).
-    return TeamReader(_token(credentials), _address(request))
+class _TeamKey(HTTPBearer):
+    """The Bearer scheme (declared in the OpenAPI spec as `_bearer` is) whose call
+    makes the request's TeamReader: one dependency with no sub-dependencies, since each
+    level costs a pass of FastAPI's solver per request, a share of a poll's time
+    (bench/bench_api.py)."""
+
+    async def __call__(self, request: Request) -> TeamReader:  # type: ignore[override]
+        return TeamReader(_token(await super().__call__(request)), _address(request))
+
+
+team_reader = _TeamKey(
+    auto_error=False, scheme_name=_bearer.scheme_name, description=_bearer.model.description
+)
 
 
 def current_team(token: TokenDep, address: AddressDep) -> Team:

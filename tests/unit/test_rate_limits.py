@@ -267,3 +267,65 @@ def test_failed_auth_is_shared_and_keys_expire(
     assert client.exists(key)
     assert 0 < int(client.pttl(key)) <= 2 * 60_000  # idle buckets clean themselves up
     client.close()
+
+
+def _script_calls(client: Any) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+@pytest.mark.redis
+def test_concurrent_requests_share_round_trips_and_spend_exactly(
+    redis_settings: tuple[Settings, str], redis_url: str
+) -> None:
+    """On the event loop, requests of one key that arrive together are decided by one
+    script call (weight n); the answers are those of n calls in arrival order."""
+    import asyncio
+
+    import redis
+
+    conf, namespace = redis_settings
+    clock = FakeClock()
+    client = redis.Redis.from_url(redis_url)
+
+    async def burst(limits: RateLimits, key: str, n: int) -> list[int | None]:
+        async def one() -> int | None:
+            try:
+                await limits.hit_key_async(key)
+                return None
+            except RateLimited as refused:
+                return refused.retry_after
+
+        return await asyncio.gather(*[one() for _ in range(n)])
+
+    roomy = RateLimits(
+        settings(rate_limit_storage_url=redis_url, rate_limit_burst=1000),
+        namespace=namespace,
+        clock=clock,
+    )
+    before = _script_calls(client)
+    assert asyncio.run(burst(roomy, "key_a", 200)) == [None] * 200
+    calls = _script_calls(client) - before
+    assert 1 <= calls <= 20  # not one per request
+    # 800 tokens are left of key_a's 1000: exactly those are spent, in arrival order.
+    answers = asyncio.run(burst(roomy, "key_a", 850))
+    assert answers[:800] == [None] * 800
+    assert answers[800:] == [1] * 50
+    # The same budget seen by the thread path: nothing is left, nothing was lost.
+    with pytest.raises(RateLimited):
+        roomy.hit_key("key_a")
+    roomy.close()
+
+    # A second process on the same budget: the two never admit more than the burst.
+    tight = [RateLimits(conf, namespace=namespace, clock=clock) for _ in range(2)]
+
+    async def both() -> list[int | None]:
+        first, second = await asyncio.gather(*[burst(t, "key_b", 6) for t in tight])
+        return [*first, *second]
+
+    answers = asyncio.run(both())
+    assert answers.count(None) == 5  # the burst of 5, across both processes
+    assert all(a == 1 for a in answers if a is not None)
+    for limits in tight:
+        limits.close()
+    client.close()
