@@ -7,10 +7,12 @@ PostgreSQL over 10,000 jobs of two teams.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import event, insert, make_url, text
 
 from app.db.base import utcnow
 from app.db.models import Job
@@ -74,15 +76,23 @@ def test_the_async_lists_one_statement_reads_its_page_in_index_order(
     params: dict[str, Any] = {"key_hash": hash_key(key), "limit": 21, "f_kind": "training"}
     if status:
         params["f_status"] = status
-    engine = get_engine(pg_env["GRAFT_DATABASE_URL"])
+    dsn = make_url(pg_env["GRAFT_DATABASE_URL"]).set(drivername="postgresql")
+
+    async def explain_and_run(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
+        # On asyncpg, as the reader sends it: its own parameter syntax and casts.
+        conn = await asyncpg.connect(dsn.render_as_string(False))
+        try:
+            plan = await conn.fetch("EXPLAIN " + sql, *args)
+            return "\n".join(r[0] for r in plan), await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
     for after in (False, True):
         compiled = _compiled(key_and_page(Job, JOB_FIELDS, filters, after))
-        bound = compiled.compiled.construct_params(
+        args = compiled.args(
             params | ({"cursor": "job_00000000000000000000009000"} if after else {})
         )
-        with engine.connect() as conn:
-            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + compiled.sql, bound))
-            page = conn.exec_driver_sql(compiled.sql, bound).fetchall()
+        plan, page = asyncio.run(explain_and_run(compiled.sql, args))
         assert "Index Scan" in plan and "Seq Scan on jobs" not in plan, plan
         assert "Sort" not in plan and "Bitmap" not in plan, plan
         assert len(page) == 21  # limit + 1: a full page and the sign of more
