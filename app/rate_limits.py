@@ -24,6 +24,12 @@ the broker is Redis, so every API process shares one budget (keys `graft:rl:…`
 clock is the wall clock, since the state is compared across hosts). Otherwise, on the
 embedded default, the buckets live in this process (`memory://` forces that).
 
+On the event loop (the hot path's async reads), requests of one key that arrive while
+its script is in flight wait for the next call, which spends them all at once (weight
+n): under load one round trip serves many requests, and each still spends exactly one
+token; when the bucket cannot pay for all n, they are decided one by one, in arrival
+order, so the answers are those of n separate calls.
+
 Redis trouble never takes the API down: when Redis cannot be reached, the per-key limit
 is not enforced (fails open, with one warning) and failed authentications are counted
 in this process instead, so a password-guessing client is still slowed down. Redis is
@@ -406,6 +412,8 @@ class RateLimits:
 
     def _redis_failed(self, exc: Exception) -> None:
         assert self._redis is not None
+        if time.monotonic() < self._redis_retry_at:
+            return  # the same outage, met by another request of a shared round trip
         self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
         log.warning(
             "Rate limits: Redis at %s failed (%s: %s); for the next %.0f s per-key limits "

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,8 @@ class Storage:
         """Remove a directory of ours; rename first so a crash never leaves half of it."""
         if not path.exists():
             return
-        trash = self.tmp_dir() / f"trash-{path.name}-{os.getpid()}"
+        # Unique: names repeat across jobs (attempt-1), and a failed rmtree leaves one.
+        trash = self.tmp_dir() / f"trash-{path.name}-{uuid.uuid4().hex}"
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 

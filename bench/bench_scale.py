@@ -34,6 +34,7 @@ import itertools
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,11 @@ def run(client: Client, dataset_id: str, jobs: int, timeout: float) -> dict[str,
     ended = [_when(j["finished_at"]) for j in rows.values() if j["finished_at"]]
     wall = (max(ended).timestamp() - started) if ended else float("nan")
     lost = [i for i in ids if rows[i]["status"] != "succeeded"]
+    if lost:  # say how they ended
+        ends = Counter(
+            f"{rows[i]['status']} {(rows[i]['error'] or {}).get('message', '')}" for i in lost
+        )
+        print(f"{len(lost)} jobs did not succeed: {dict(ends.most_common(5))}", flush=True)
     twice = [
         i
         for i in ids

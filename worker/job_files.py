@@ -36,6 +36,17 @@ def attempt_workdir(storage: Storage, lease: Lease) -> Path:
     return workdir
 
 
+def remove_checkpoints(storage: Storage, lease: Lease) -> None:
+    """Once a job has ended with its model stored (or pruned), its checkpoints serve
+    nothing more: each is several times the model's size, and they are counted in no
+    quota. Only this attempt's directory and earlier ones go: a worker that lost its
+    lease must not touch its successor's (which holds its own links to the files)."""
+    for path in storage.job_dir(lease.job_id).glob("attempt-*"):
+        number = path.name.removeprefix("attempt-")
+        if number.isdigit() and int(number) <= lease.attempt:
+            storage.remove_tree(path)
+
+
 def record_validation_set(storage: Storage, job_id: str, val: ImageSet) -> None:
     """Which images the job validated on, so a team can reproduce its numbers."""
     path = storage.job_dir(job_id) / "validation_set.json"

@@ -30,7 +30,7 @@ from app.storage import Storage
 from worker.adapt.run import adapt
 from worker.errors import DatabaseUnavailable, JobError, ResourcesExhausted
 from worker.evaluation import Subject, evaluate
-from worker.job_files import attempt_workdir, record_validation_set
+from worker.job_files import attempt_workdir, record_validation_set, remove_checkpoints
 from worker.job_inputs import adaptation_data, prepare
 from worker.lease import Heartbeat
 from worker.publish import Trained, write_model
@@ -74,6 +74,9 @@ def run_job(job_id: str, settings: Settings | None = None, fit: Fit = engine.fit
         outcome = _run(job.lease, lambda: _train_and_publish(job, settings, storage, beat, fit))
     finally:
         beat.stop()
+    if outcome in ("succeeded", "pruned"):
+        # A cancelled or failed job keeps its last checkpoint (until it is deleted).
+        remove_checkpoints(storage, job.lease)
     if job.search_id is not None and outcome in ENDED:
         # The search goes on from here: Optuna hears of this trial, the next one starts.
         searches.advance_quietly(job.search_id)

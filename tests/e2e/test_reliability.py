@@ -166,6 +166,9 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint(stack: dict[str, Any]) ->
     assert t.count("job.succeeded") == 1
     assert t.count("job.progress") == 4  # every epoch once: none ran twice to completion
     assert_one_model(stack, j)
+    # With the model stored, both attempts' checkpoints are gone; what it validated on stays.
+    job_dir = stack["root"] / "data" / "jobs" / job_id
+    assert sorted(p.name for p in job_dir.iterdir()) == ["validation_set.json"]
 
 
 def test_a_frozen_worker_that_wakes_after_losing_its_lease_writes_nothing(

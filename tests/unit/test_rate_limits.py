@@ -204,6 +204,36 @@ def test_unreachable_redis_fails_open(caplog: pytest.LogCaptureFixture) -> None:
         limits.check_failed_auth("10.0.0.1")
 
 
+def test_unreachable_redis_fails_open_for_a_shared_round_trip(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Concurrent requests that shared one failed script call each fail open (the
+    per-key limit) or fall back to this process (failed authentications), with one
+    warning for the outage."""
+    import asyncio
+
+    limits = RateLimits(settings(rate_limit_storage_url="redis://127.0.0.1:1/0"))
+
+    async def together() -> list[BaseException | None]:
+        async def key() -> None:
+            await limits.hit_key_async("key_a")
+
+        async def auth() -> None:
+            await limits.count_failed_auth_async("10.0.0.9")
+
+        return await asyncio.gather(
+            *[key() for _ in range(20)], *[auth() for _ in range(5)], return_exceptions=True
+        )
+
+    with caplog.at_level(logging.WARNING, logger="app.rate_limits"):
+        answers = asyncio.run(together())
+    assert answers[:20] == [None] * 20  # not enforced while Redis is away
+    refused = [a for a in answers[20:] if isinstance(a, RateLimited)]
+    assert len(refused) == 2  # 3 failures a minute, counted in this process
+    warnings = [r for r in caplog.records if "Redis at 127.0.0.1:1/0 failed" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 # -- Redis: one budget for every API process -------------------------------------------
 
 

@@ -259,3 +259,21 @@ def test_sigterm_requeues_an_evaluation_and_missing_files_fail_it(
     assert runner.run_job(evaluation_id) == "failed"
     ev = job_row(evaluation_id)
     assert ev.error["code"] == "model_files_missing" and "model.safetensors" in ev.error["message"]
+
+
+def test_checkpoints_go_only_up_to_the_leases_own_attempt(tmp_path: Path) -> None:
+    """A worker that lost its lease to attempt 3 removes attempts 1 and 2 only; the
+    successor's directory (and the job's validation set) stay."""
+    from app.storage import Storage
+    from worker.job_files import remove_checkpoints
+
+    storage = Storage(tmp_path)
+    job_dir = storage.job_dir("job_x")
+    for attempt in (1, 2, 3):
+        (job_dir / f"attempt-{attempt}").mkdir(parents=True)
+        (job_dir / f"attempt-{attempt}" / "checkpoint.pt").write_bytes(b"x")
+    (job_dir / "validation_set.json").write_text("{}")
+    remove_checkpoints(storage, job_runs.Lease("job_x", "w", 2))
+    assert sorted(p.name for p in job_dir.iterdir()) == ["attempt-3", "validation_set.json"]
+    remove_checkpoints(storage, job_runs.Lease("job_x", "w", 3))
+    assert sorted(p.name for p in job_dir.iterdir()) == ["validation_set.json"]
