@@ -21,7 +21,7 @@ from app.body_limits import (
     too_large_response,
 )
 from app.config import get_settings
-from app.db.async_reads import close_readers
+from app.db.async_reads import close_readers, open_reader
 from app.errors import AppError, RateLimited
 from app.schemas.common import FIELD_SENTENCE_ERRORS
 from app.ui import routes as ui
@@ -190,6 +190,8 @@ async def unhandled_handler(_: Request, exc: Exception) -> JSONResponse:
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    # The hot path's pool opens now, not under the first requests.
+    await open_reader(settings.sqlalchemy_url)
     yield
     await close_readers()
 

@@ -21,6 +21,7 @@ statement sees committed rows only, and no transaction is left open. Other datab
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
@@ -30,6 +31,8 @@ import orjson
 from sqlalchemy import JSON, Select, make_url
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine.interfaces import Dialect
+
+log = logging.getLogger(__name__)
 
 # The statements are compiled for asyncpg ($1 parameters with casts); SQLAlchemy ships
 # the dialect untyped.
@@ -82,6 +85,13 @@ async def _configure(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection it takes back, besides its own clean-up (an
+    open transaction rolled back): nothing. Its default sends a reset query (RESET
+    ALL, CLOSE ALL, UNLISTEN *, …), a second round trip per read, for session state
+    that these reads never set."""
+
+
 class AsyncReader:
     """One pool per database URL and event loop; opened on first use."""
 
@@ -98,13 +108,13 @@ class AsyncReader:
     async def all(self, stmt: Select[Any], params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every row of the statement, by column key."""
         compiled = _compiled(stmt)
-        pool = self._pool or await self._open()
+        pool = self._pool or await self.open()
         # asyncpg prepares each statement once per connection (its statement cache).
         async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as conn:
             rows = await conn.fetch(compiled.sql, *compiled.args(params))
         return [compiled.row(values) for values in rows]
 
-    async def _open(self) -> asyncpg.Pool:
+    async def open(self) -> asyncpg.Pool:
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
@@ -114,11 +124,13 @@ class AsyncReader:
                 # Sessions in UTC (asyncpg's datetimes are in UTC anyway).
                 self._pool = await asyncpg.create_pool(
                     self.dsn,
-                    min_size=1,
+                    # All at once, at start-up (open_reader): none is opened under load.
+                    min_size=POOL_SIZE,
                     max_size=POOL_SIZE,
                     timeout=CONNECT_TIMEOUT_SECONDS,
                     server_settings={"TimeZone": "UTC"},
                     init=_configure,
+                    reset=_keep_session,
                 )
             return self._pool
 
@@ -145,6 +157,19 @@ def reader_for(url: str) -> AsyncReader | None:
     if reader is None:
         reader = _readers[key] = AsyncReader(url)
     return reader
+
+
+async def open_reader(url: str) -> None:
+    """At the API's start-up: open `url`'s pool now, so the first requests do not wait
+    for it. A database that is away is not an error here: the reads open the pool when
+    it is back, and /readyz says so meanwhile."""
+    reader = reader_for(url)
+    if reader is None:
+        return
+    try:
+        await reader.open()
+    except Exception as exc:  # whatever the driver raises: the reads will say it again
+        log.warning("Hot-path reads: could not open the pool yet (%s: %s)", type(exc).__name__, exc)
 
 
 async def close_readers() -> None:
