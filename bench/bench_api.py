@@ -341,9 +341,16 @@ def _dispatch_times(env: dict[str, str], root: Path, jobs: int) -> list[str]:
                 )
     finally:
         worker.stop()
-    waits.sort()
-    p95 = waits[min(len(waits) - 1, round(0.95 * (len(waits) - 1)))]
-    return [str(len(waits)), f"{statistics.median(waits):.3f}", f"{p95:.3f}", f"{waits[-1]:.3f}"]
+    p95 = percentile(waits, 0.95)
+    return [str(len(waits)), f"{statistics.median(waits):.3f}", f"{p95:.3f}", f"{max(waits):.3f}"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q` quantile of `values` by nearest rank (NaN for none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -41,8 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
-
+from bench.bench_api import percentile, print_table
+from graft import Client
 from tests.conftest import (
     ADMIN_KEY,
     WorkerProcess,
@@ -57,54 +57,16 @@ SIZE = 16
 ENDED = ("succeeded", "failed", "cancelled", "pruned")
 
 
-def _when(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class Client:
-    def __init__(self, base: str, key: str) -> None:
-        self.http = httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60
-        )
-
-    def get(self, url: str, **params: Any) -> Any:
-        r = self.http.get(url, params=params)
-        r.raise_for_status()
-        return r.json()
-
-    def all(self, url: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor = None
-        while True:
-            page = self.get(url, limit=100, **({"cursor": cursor} if cursor else {}))
-            items += page["data"]
-            if not page["has_more"]:
-                return items
-            cursor = page["next_cursor"]
-
-
-def setup(base: str) -> tuple[Client, str]:
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    team = httpx.post(f"{base}/v1/teams", json={"name": "scale"}, headers=admin).json()
-    key = httpx.post(f"{base}/v1/teams/{team['id']}/keys", json={}, headers=admin).json()["key"]
-    client = Client(base, key)
-    archive = zip_dataset(digits_images((0, 1, 2), 20, SIZE))
-    r = client.http.post("/v1/datasets", files={"file": ("digits.zip", archive, "application/zip")})
-    r.raise_for_status()
-    dataset = r.json()
-    deadline = time.monotonic() + 120
-    while dataset["status"] == "processing" and time.monotonic() < deadline:
-        time.sleep(0.2)
-        dataset = client.get(f"/v1/datasets/{dataset['id']}")
-    assert dataset["status"] == "ready", dataset
-    return client, str(dataset["id"])
+def setup(base: str, root: Path) -> tuple[Client, str]:
+    """A team, its key, and a small dataset (ingested in the request: it is tiny)."""
+    admin = Client(base, ADMIN_KEY)
+    team = admin.teams.create("scale")
+    client = Client(base, admin.teams.keys.create(team.id).key)
+    archive = root / "digits.zip"
+    archive.write_bytes(zip_dataset(digits_images((0, 1, 2), 20, SIZE)))
+    dataset = client.datasets.upload(archive)
+    assert dataset.status == "ready", dataset
+    return client, dataset.id
 
 
 def run(client: Client, dataset_id: str, jobs: int, timeout: float) -> dict[str, Any]:
@@ -123,60 +85,46 @@ def run(client: Client, dataset_id: str, jobs: int, timeout: float) -> dict[str,
         "quantization": [],
     }
     started = time.time()
-    ids = []
-    for _ in range(jobs):
-        r = client.http.post("/v1/jobs", json=spec)
-        assert r.status_code == 201, r.text
-        ids.append(r.json()["id"])
+    ids = [client.jobs.create(spec).id for _ in range(jobs)]
     created_s = time.time() - started
     deadline = time.monotonic() + timeout
     pending = set(ids)
     while pending and time.monotonic() < deadline:
         time.sleep(1)
-        for job in client.all("/v1/jobs"):
-            if job["id"] in pending and job["status"] in ENDED:
-                pending.discard(job["id"])
-    rows = {j["id"]: j for j in client.all("/v1/jobs") if j["id"] in set(ids)}
-    models = [m for m in client.all("/v1/models") if m.get("job_id") in rows]
-    per_job_models = {i: 0 for i in ids}
-    for m in models:
-        per_job_models[m["job_id"]] += 1
+        pending -= {j.id for j in client.jobs.list(limit=100) if j.status in ENDED}
+    rows = {j.id: j for j in client.jobs.list(limit=100) if j.id in set(ids)}
+    per_job_models = Counter(m.job_id for m in client.models.list(limit=100))
     runs: dict[str, list[tuple[datetime, datetime]]] = {}
     claims_per_job = {}
     for job_id in ids:
-        events = client.get(f"/v1/jobs/{job_id}/events")
-        running = [e for e in events if e["type"] == "job.running"]
+        running = [e for e in client.jobs.events(job_id) if e.type == "job.running"]
         claims_per_job[job_id] = len(running)
         job = rows[job_id]
-        if running and job["finished_at"]:
-            worker = str(running[-1]["data"]["worker"]).rsplit(":", 1)[0]
-            runs.setdefault(worker, []).append(
-                (_when(job["started_at"]), _when(job["finished_at"]))
-            )
+        if running and job.started_at and job.finished_at:
+            worker = str(running[-1].data["worker"]).rsplit(":", 1)[0]
+            runs.setdefault(worker, []).append((job.started_at, job.finished_at))
     gaps = []
     for spans in runs.values():
         spans.sort()
         gaps += [(b[0] - a[1]).total_seconds() for a, b in itertools.pairwise(spans)]
-    ended = [_when(j["finished_at"]) for j in rows.values() if j["finished_at"]]
+    ended = [j.finished_at for j in rows.values() if j.finished_at]
     wall = (max(ended).timestamp() - started) if ended else float("nan")
-    lost = [i for i in ids if rows[i]["status"] != "succeeded"]
+    lost = [i for i in ids if rows[i].status != "succeeded"]
     if lost:  # say how they ended
         ends = Counter(
-            f"{rows[i]['status']} {(rows[i]['error'] or {}).get('message', '')}" for i in lost
+            f"{rows[i].status} {rows[i].error.message if rows[i].error else ''}" for i in lost
         )
         print(f"{len(lost)} jobs did not succeed: {dict(ends.most_common(5))}", flush=True)
     twice = [
-        i
-        for i in ids
-        if claims_per_job[i] != 1 or rows[i]["attempt"] != 1 or per_job_models[i] != 1
+        i for i in ids if claims_per_job[i] != 1 or rows[i].attempt != 1 or per_job_models[i] != 1
     ]
     return {
         "jobs": jobs,
         "created_s": created_s,
         "wall_s": wall,
         "per_min": jobs / wall * 60,
-        "gap_p50": _percentile(gaps, 0.5),
-        "gap_p95": _percentile(gaps, 0.95),
+        "gap_p50": percentile(gaps, 0.5),
+        "gap_p95": percentile(gaps, 0.95),
         "workers_used": len(runs),
         "lost": len(lost),
         "twice": len(twice),
@@ -201,10 +149,7 @@ def scale_part(jobs: int, worker_counts: list[int], timeout: float) -> list[list
             port = free_port()
             api_cmd = [sys.executable, "-m", "app.cli", "api", "--port", str(port)]
             with server(api_cmd, env, port, root / "api.log") as base:
-                ingester = WorkerProcess(env, root / "ingest.log")
-                ingester.wait_ready()
-                client, dataset_id = setup(base)
-                ingester.stop()
+                client, dataset_id = setup(base, root)
                 for n in worker_counts:
                     workers = [WorkerProcess(env, root / f"w{n}-{i}.log") for i in range(n)]
                     for w in workers:
@@ -253,10 +198,7 @@ def main() -> None:
     ]
     rows = scale_part(args.jobs, args.workers, args.timeout)
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---:" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(header, rows)
     print()
     print(
         "(b) DDP epoch time and (c) S3 throughput: not measured; the torchrun launcher "

@@ -93,7 +93,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class AsyncReader:
-    """One pool per database URL and event loop; opened on first use."""
+    """One pool per database URL and event loop; opened at start-up (open_reader) or
+    by the first read."""
 
     def __init__(self, url: str) -> None:
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
