@@ -59,12 +59,20 @@ def api(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
+    from app.queue import worker_queues
     from worker.celery_app import app as celery_app
+    from worker.launcher import worker_devices
 
+    settings = get_settings()
+    devices = worker_devices(settings.worker_devices)
+    # The worker announces its devices by the queues it consumes: those of every
+    # device count up to its own (app/queue.py).
+    queues = worker_queues(args.queues.split(","), devices, settings.ingest_queue)
+    log.info("worker with %d device(s), consuming %s", devices, ",".join(queues))
     argv = [
         "worker",
         "--queues",
-        args.queues,
+        ",".join(queues),
         "--concurrency",
         str(args.concurrency),
         # One process per GPU: solo runs the job in the worker's own process, where

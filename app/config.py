@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # A team's rotated webhook secret keeps signing (beside the new one) this long.
     webhook_secret_grace_seconds: float = 24 * 3600
 
+    # Data-parallel jobs (`resources.devices`): the most devices one job may ask for,
+    # and how many this worker has (empty: the visible CUDA devices, or 1 without CUDA;
+    # on a CPU-only host a larger value means that many gloo processes). A worker takes
+    # the jobs of every device count up to its own (app/queue.py: one queue per count).
+    max_devices_per_job: int = Field(8, ge=1, le=64)
+    worker_devices: int | None = Field(None, ge=1, le=64)
+
     lease_seconds: float = 60.0
     # How often a running job writes its progress (every epoch's end is written too).
     progress_interval_seconds: float = 1.0

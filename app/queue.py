@@ -86,8 +86,29 @@ def send(task: str, args: list[Any], queue: str) -> bool:
     return True
 
 
-def enqueue_job(job_id: str) -> bool:
-    return send(TRAIN_TASK, [job_id], get_settings().queue)
+def devices_of(spec: dict[str, Any]) -> int:
+    """How many devices a stored job spec asks for (`resources.devices`, default 1)."""
+    return int((spec.get("resources") or {}).get("devices", 1))
+
+
+def queue_for(queue: str, devices: int) -> str:
+    """The queue of a job on `devices` devices: one queue per device count ("gpu",
+    "gpu.x2", "gpu.x4", …), so that only a worker with enough devices consumes it."""
+    return queue if devices <= 1 else f"{queue}.x{devices}"
+
+
+def worker_queues(queues: list[str], devices: int, ingest_queue: str) -> list[str]:
+    """What a worker with `devices` devices consumes: each training queue it was given,
+    for every device count up to its own, and the ingest queue as it is."""
+    out: list[str] = []
+    for queue in queues:
+        counts = [1] if queue == ingest_queue else range(1, devices + 1)
+        out += [queue_for(queue, n) for n in counts]
+    return list(dict.fromkeys(out))
+
+
+def enqueue_job(job_id: str, devices: int = 1) -> bool:
+    return send(TRAIN_TASK, [job_id], queue_for(get_settings().queue, devices))
 
 
 def enqueue_ingest(dataset_id: str) -> bool:

@@ -7,6 +7,8 @@
     ├── ExportMismatch        export_mismatch: an exported file disagrees with the model
     ├── AdaptationNotApplicable  adaptation_not_applicable: the method cannot adapt it
     ├── ResourcesExhausted    out_of_memory: retryable, another worker may have room
+    ├── DeviceFailure         device_failure: retryable, a data-parallel rank died
+    ├── DevicesUnavailable    devices_unavailable: the worker has fewer devices than asked
     └── DatabaseUnavailable   database_unavailable: retryable, the connection was lost
 
 The modules that detect a failure raise these; worker/runner.py maps them (and any
@@ -76,6 +78,21 @@ class ResourcesExhausted(JobError):
 
     code = "out_of_memory"
     retryable = True
+
+
+class DeviceFailure(JobError):
+    """A rank of a data-parallel job died or lost its device: the job goes back to the
+    queue (and resumes from its checkpoint), up to GRAFT_MAX_ATTEMPTS."""
+
+    code = "device_failure"
+    retryable = True
+
+
+class DevicesUnavailable(JobError):
+    """The job asks for more devices than the worker that took it has (a worker
+    started with --queues naming another device count's queue by hand)."""
+
+    code = "devices_unavailable"
 
 
 class DatabaseUnavailable(JobError):

@@ -28,10 +28,11 @@ from app.services import job_runs, searches
 from app.services.job_runs import ClaimedEvaluation, ClaimedJob, Lease, ModelRecord
 from app.storage import Storage
 from worker.adapt.run import adapt
-from worker.errors import DatabaseUnavailable, JobError, ResourcesExhausted
+from worker.errors import DatabaseUnavailable, DevicesUnavailable, JobError, ResourcesExhausted
 from worker.evaluation import Subject, evaluate
 from worker.job_files import attempt_workdir, record_validation_set, remove_checkpoints
 from worker.job_inputs import adaptation_data, prepare
+from worker.launcher import Launch, worker_devices
 from worker.lease import Heartbeat
 from worker.publish import Trained, write_model
 from worker.training import engine
@@ -171,6 +172,15 @@ def _evaluate(
 def _train(
     job: ClaimedJob, settings: Settings, storage: Storage, beat: Heartbeat, fit: Fit
 ) -> Trained:
+    devices = job.spec.devices
+    if devices > 1:
+        have = worker_devices(settings.worker_devices)
+        if devices > have:
+            raise DevicesUnavailable(
+                f"The job asks for {devices} devices and this worker has {have} "
+                "(GRAFT_WORKER_DEVICES)."
+            )
+        fit = Launch(devices)
     inputs = prepare(job, settings, storage)
     record_validation_set(storage, job.lease.job_id, inputs.val)
     hooks = _hooks(job, beat, settings.progress_interval_seconds)

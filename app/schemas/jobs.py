@@ -103,6 +103,22 @@ class Hyperparameters(InputModel):
     )
 
 
+# The schema's own bound; the deployment's (GRAFT_MAX_DEVICES_PER_JOB) is checked on create.
+MAX_DEVICES = 64
+
+
+class Resources(InputModel):
+    devices: int = Field(
+        1,
+        ge=1,
+        le=MAX_DEVICES,
+        description="Devices (GPUs; processes on a CPU-only worker) the job trains on at "
+        "once, with DistributedDataParallel under torchrun; it goes only to a worker that "
+        "has this many. At most GRAFT_MAX_DEVICES_PER_JOB",
+        examples=[2],
+    )
+
+
 class DomainAdaptation(InputModel):
     """Adapt the trained model to unlabeled images of the deployment domain."""
 
@@ -256,6 +272,15 @@ class JobCreate(InputModel):
         description="Adapt the trained model to unlabeled target images; null: none",
         examples=[{"method": "adabn", "target_dataset_id": "ds_0193a1b2c3d4e5f6a7b8c9d1"}],
     )
+    resources: Resources | None = Field(
+        None,
+        description="What the job needs of its worker; null: one device",
+        examples=[{"devices": 2}],
+    )
+
+    @property
+    def devices(self) -> int:
+        return self.resources.devices if self.resources else 1
 
     model_config = ConfigDict(
         extra="forbid",

@@ -30,7 +30,7 @@ from app.db.base import utcnow
 from app.db.models import Job, Model
 from app.db.session import after_commit, session_scope
 from app.errors import Conflict
-from app.queue import enqueue_job
+from app.queue import devices_of, enqueue_job
 from app.repositories.jobs import TERMINAL_STATUSES, JobRepository
 from app.repositories.models import ModelRepository
 from app.schemas.evaluations import EvaluationSpec
@@ -117,17 +117,18 @@ class ModelRecord:
 # ---------------------------------------------------------------- queueing
 
 
-def dispatch(job_id: str) -> None:
-    """Send a committed job to the broker; if it is down, leave it to redispatch()."""
-    if not enqueue_job(job_id):
+def dispatch(job_id: str, devices: int = 1) -> None:
+    """Send a committed job to the broker (to the queue of its device count); if it is
+    down, leave it to redispatch()."""
+    if not enqueue_job(job_id, devices):
         log.warning("job %s stays queued for the dispatcher: broker unreachable", job_id)
         with session_scope() as session:
             JobRepository(session).mark_undispatched(job_id)
 
 
-def dispatch_after_commit(session: Session, job_id: str) -> None:
+def dispatch_after_commit(session: Session, job: Job) -> None:
     # Only after the commit: a worker must never receive an id it cannot read.
-    after_commit(session, partial(dispatch, job_id))
+    after_commit(session, partial(dispatch, job.id, devices_of(job.spec)))
 
 
 def redispatch(session: Session, *, older_than_seconds: float) -> list[str]:
@@ -135,11 +136,11 @@ def redispatch(session: Session, *, older_than_seconds: float) -> list[str]:
     lost the message). Duplicates are harmless: only one claim can win."""
     now = utcnow()
     repo = JobRepository(session)
-    stale = [j.id for j in repo.stale_queued(now - timedelta(seconds=older_than_seconds))]
-    for job_id in stale:
-        repo.mark_dispatched(job_id, now)
-        dispatch_after_commit(session, job_id)
-    return stale
+    stale = repo.stale_queued(now - timedelta(seconds=older_than_seconds))
+    for job in stale:
+        repo.mark_dispatched(job.id, now)
+        dispatch_after_commit(session, job)
+    return [job.id for job in stale]
 
 
 # ---------------------------------------------------------------- claiming
@@ -347,10 +348,13 @@ def requeue(
     }
     if not counts:
         values["attempt"] = max(lease.attempt - 1, 0)
-    if not JobRepository(session).update_held(lease.job_id, lease.owner, **values):
+    repo = JobRepository(session)
+    if not repo.update_held(lease.job_id, lease.owner, **values):
         return False
     record_event(session, lease.job_id, event, payload)
-    dispatch_after_commit(session, lease.job_id)
+    job = repo.get(lease.job_id)
+    assert job is not None
+    dispatch_after_commit(session, job)
     return True
 
 
@@ -367,7 +371,7 @@ def reap(session: Session, *, max_attempts: int) -> list[str]:
             record_event(
                 session, job.id, "job.requeued", {"reason": "lease_expired", "attempt": job.attempt}
             )
-            dispatch_after_commit(session, job.id)
+            dispatch_after_commit(session, job)
             requeued.append(job.id)
     return requeued
 

@@ -52,6 +52,14 @@ def resolve_base_model(
 
 def check_spec(spec: JobCreate, arch: Architecture, from_model: Model | None) -> None:
     hp = spec.hyperparameters
+    most = get_settings().max_devices_per_job
+    if spec.devices > most:
+        raise InvalidInput(
+            f"The job asks for {spec.devices} devices; a job may use at most {most} here "
+            "(GRAFT_MAX_DEVICES_PER_JOB).",
+            code="too_many_devices",
+            param="resources.devices",
+        )
     if spec.strategy == "partial":
         if spec.unfreeze_last is None:
             raise InvalidInput(
@@ -235,7 +243,7 @@ def enqueue(
     repo = JobRepository(session)
     repo.add(job)
     record_event(repo.session, job.id, "job.queued", queued)
-    job_runs.dispatch_after_commit(session, job.id)
+    job_runs.dispatch_after_commit(session, job)
     return job
 
 

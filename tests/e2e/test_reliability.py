@@ -78,8 +78,8 @@ def stack(
         w.stop(signal.SIGKILL)
 
 
-def start(stack: dict[str, Any], name: str) -> WorkerProcess:
-    worker = WorkerProcess(stack["env"], stack["root"] / f"{name}.log")
+def start(stack: dict[str, Any], name: str, **env: str) -> WorkerProcess:
+    worker = WorkerProcess({**stack["env"], **env}, stack["root"] / f"{name}.log")
     stack["workers"].append(worker)
     worker.wait_ready()
     return worker
@@ -169,6 +169,51 @@ def test_sigkill_mid_epoch_resumes_from_the_checkpoint(stack: dict[str, Any]) ->
     # With the model stored, both attempts' checkpoints are gone; what it validated on stays.
     job_dir = stack["root"] / "data" / "jobs" / job_id
     assert sorted(p.name for p in job_dir.iterdir()) == ["validation_set.json"]
+
+
+def processes_of(job_id: str) -> list[int]:
+    """torchrun and the ranks of a job (their command lines name its run directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and job_id.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_two_device_job_waits_for_a_two_device_worker_and_survives_a_killed_rank(
+    stack: dict[str, Any],
+) -> None:
+    one = start(stack, "one", GRAFT_WORKER_DEVICES="1")
+    job_id = create(stack, epochs=3, resources={"devices": 2})
+    plain = create(stack, epochs=1)
+    wait_status(stack, plain, "succeeded")  # the one-device worker was taking jobs,
+    assert job(stack, job_id)["status"] == "queued"  # but not this one
+    one.stop()
+    start(stack, "two", GRAFT_WORKER_DEVICES="2")
+    wait_in_epoch(stack, job_id, 2)
+    assert len(processes_of(job_id)) == 3  # torchrun and its two ranks
+    run_dir = stack["root"] / "data" / "jobs" / job_id / "attempt-1" / "ddp"
+    os.kill(int((run_dir / "rank-1.pid").read_text()), signal.SIGKILL)
+    j = wait_status(stack, job_id, "succeeded")
+    assert j["attempt"] == 2
+    evs = events(stack, job_id)
+    retried = [e["data"]["reason"] for e in evs if e["type"] == "job.retrying"]
+    assert len(retried) == 1 and "Training process 1 of 2 ended without a word" in retried[0]
+    checkpointed = next(e["data"] for e in evs if e["type"] == "job.resumed")["epoch"]
+    assert checkpointed >= 1  # the second attempt went on from the first one's checkpoint
+    distributed = [e["data"] for e in evs if e["type"] == "job.distributed"]
+    assert [d["world_size"] for d in distributed] == [2, 2]
+    assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3]
+    train_images = distributed[0]["train_images"]
+    for m in j["metrics"]:
+        assert m["train_samples"] == train_images + m["padded_samples"]
+    assert not processes_of(job_id)
+    models = stack["api"].as_team(stack["key"], "GET", "/v1/models").json()["data"]
+    expected = {j["result"]["model_id"], job(stack, plain)["result"]["model_id"]}
+    assert {m["id"] for m in models} == expected and len(models) == 2
 
 
 def test_a_frozen_worker_that_wakes_after_losing_its_lease_writes_nothing(

@@ -175,6 +175,11 @@ def test_job_is_queued_after_commit_and_sent_to_redis(
         ),
         ({"strategy": "sideways"}, 422, "strategy"),
         ({"dataset_id": "ds_missing"}, 404, "dataset_id"),
+        ({"resources": {"devices": 0}}, 422, "resources.devices"),
+        ({"resources": {"devices": -2}}, 422, "resources.devices"),
+        ({"resources": {"devices": 9}}, 422, "resources.devices"),  # GRAFT_MAX_DEVICES_PER_JOB
+        ({"resources": {"devices": 10_000}}, 422, "resources.devices"),
+        ({"resources": {"gpus": 2}}, 422, "resources.gpus"),
     ],
 )
 def test_bad_job_specs_name_the_field_and_queue_nothing(
@@ -192,6 +197,29 @@ def test_bad_job_specs_name_the_field_and_queue_nothing(
     assert r.json()["error"]["param"] == param
     assert queue_len() == before
     assert api.as_team(key, "GET", "/v1/jobs").json()["data"] == []
+
+
+def test_a_job_on_two_devices_goes_to_the_queue_of_two_device_workers(
+    api: Api, pg_env: dict[str, str], queue_len: Callable[[], int]
+) -> None:
+    r = redis.Redis.from_url(pg_env["GRAFT_BROKER_URL"])
+    two = f"{pg_env['GRAFT_QUEUE']}.x2"
+    key = api.new_team()
+    ds = upload(api, key, small_zip()).json()
+    before, before_two = queue_len(), r.llen(two)
+    job = api.as_team(
+        key, "POST", "/v1/jobs", json={**job_spec(ds["id"]), "resources": {"devices": 2}}
+    )
+    assert job.status_code == 201, job.text
+    assert job.json()["spec"]["resources"] == {"devices": 2}
+    assert (queue_len(), r.llen(two)) == (before, before_two + 1)
+    too_many = api.as_team(
+        key, "POST", "/v1/jobs", json={**job_spec(ds["id"]), "resources": {"devices": 9}}
+    ).json()["error"]
+    assert too_many["code"] == "too_many_devices"
+    assert too_many["message"] == (
+        "The job asks for 9 devices; a job may use at most 8 here (GRAFT_MAX_DEVICES_PER_JOB)."
+    )
 
 
 def test_teams_cannot_see_each_other(api: Api) -> None:

@@ -111,3 +111,13 @@ def test_the_api_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_worker_consumes_the_queues_of_every_device_count_up_to_its_own() -> None:
+    from app.queue import devices_of, queue_for, worker_queues
+
+    assert queue_for("gpu", 1) == "gpu" and queue_for("gpu", 4) == "gpu.x4"
+    assert worker_queues(["gpu", "ingest"], 1, "ingest") == ["gpu", "ingest"]
+    assert worker_queues(["gpu", "ingest"], 3, "ingest") == ["gpu", "gpu.x2", "gpu.x3", "ingest"]
+    assert devices_of({"resources": {"devices": 2}}) == 2
+    assert devices_of({"resources": None}) == devices_of({}) == 1

@@ -32,6 +32,7 @@ from worker.training import (
     registry,
     strategies,
 )
+from worker.training.distributed import Distributed, padding
 from worker.training.types import (
     EpochMetrics,
     FitResult,
@@ -131,6 +132,19 @@ class ImageInputs:
             raw, self.mean, self.std, self.mode, gen, self.channels_last, self.invert
         )
         return x, augment.gather(self.labels, idx, self.device)
+
+
+class ShardedInputs:
+    """A data-parallel rank's part of each global batch (worker/training/distributed.py)."""
+
+    def __init__(self, inner: Inputs, dist: Distributed) -> None:
+        self.inner, self.dist = inner, dist
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batch(self, idx: np.ndarray, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.batch(self.dist.shard(idx), epoch, step)
 
 
 class FeatureInputs:
@@ -328,7 +342,8 @@ def train_one_epoch(
         scaler.update()
         scheduler.step()
         totals.add(loss, logits, y)
-        meter.step_done(epoch, step + 1, len(y), optimizer.param_groups[-1]["lr"])
+        # The global batch: on N ranks, y is this rank's share of it.
+        meter.step_done(epoch, step + 1, len(batches[step]), optimizer.param_groups[-1]["lr"])
 
 
 # ---------------------------------------------------------------- evaluation
@@ -482,6 +497,7 @@ class Trainer:
         workdir: Path,
         device: torch.device,
         steps_per_epoch: int,
+        dist: Distributed | None = None,
     ) -> None:
         self.model, self.cfg, self.hooks, self.workdir, self.device = (
             model,
@@ -490,6 +506,7 @@ class Trainer:
             workdir,
             device,
         )
+        self.dist = dist
         self.precision = resolve_precision(cfg, device)
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
@@ -501,6 +518,9 @@ class Trainer:
         # The module that trains and its inputs: the whole model on images, or only the
         # head on cached features (set_data).
         self.module: nn.Module = model
+        # What the optimiser steps through: the module, or DDP around it on N ranks
+        # (evaluation calls the module itself: DDP's forward is a collective).
+        self.train_module: nn.Module = model
         self.train_in: Inputs
         self.val_in: Inputs
 
@@ -516,11 +536,16 @@ class Trainer:
         if cfg.strategy == "linear_probe" and feature_cache:
             feats = self._features(train, val)
             self.module = registry.head(self.model, cfg.architecture)
+            self.train_module = self.module
             self.train_in = FeatureInputs(feats["train"], train.labels)
             self.val_in = FeatureInputs(feats["val"], val.labels)
             return
         self.train_in = ImageInputs(train, cfg, device, augmentation=train_augmentation(cfg))
         self.val_in = ImageInputs(val, cfg, device, augmentation="none")
+        if self.dist is not None:
+            self.train_in = ShardedInputs(self.train_in, self.dist)
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _features(self, train: ImageSet, val: ImageSet) -> dict[str, torch.Tensor]:
         cfg, device = self.cfg, self.device
@@ -558,7 +583,8 @@ class Trainer:
         strategies.configure_epoch(self.model, cfg, epoch)
         batches = epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch)
         totals = EpochTotals.zeros(self.device)
-        if state.partial:
+        # A partial epoch's sums are all ranks' together: one rank carries them on.
+        if state.partial and (self.dist is None or self.dist.writes):
             totals = EpochTotals.from_dict(state.partial, self.device)
         epoch_start = time.monotonic() - totals.seconds
 
@@ -567,10 +593,11 @@ class Trainer:
             state.elapsed_seconds = time.monotonic() - self.run_start
             # At step 0 the previous epoch's checkpoint already holds this exact state.
             if step:
+                self._sum_over_ranks(totals)
                 self.checkpoint(state, step, totals)
 
         train_one_epoch(
-            self.module,
+            self.train_module,
             self.train_in,
             batches,
             self.optimizer,
@@ -584,9 +611,11 @@ class Trainer:
             meter=self.meter,
             on_preempt=on_preempt,
         )
+        extra = self._sum_over_ranks(totals, batches)
         val_loss, val_acc, probs = _evaluate_inputs(self.module, self.val_in, self.precision)
         state.elapsed_seconds = time.monotonic() - self.run_start
         scores = metrics.balanced_scores(self.val_labels, probs.argmax(1), self.cfg.num_classes)
+        extra.update({f"val_{name}": value for name, value in scores.items()})
         return EpochMetrics(
             epoch=epoch,
             train_loss=float(totals.loss_sum) / totals.seen,
@@ -595,12 +624,34 @@ class Trainer:
             val_accuracy=val_acc,
             learning_rate=self.optimizer.param_groups[-1]["lr"],
             seconds=time.monotonic() - epoch_start,
-            extra={f"val_{name}": value for name, value in scores.items()},
+            extra=extra,
         )
+
+    def _sum_over_ranks(
+        self, totals: EpochTotals, batches: list[np.ndarray] | None = None
+    ) -> dict[str, float]:
+        """On N ranks: every rank's loss, hits and images in `totals`, and (for a whole
+        epoch's `batches`) the images it trained on and how many of them were padding."""
+        if self.dist is None:
+            return {}
+        loss_sum, correct, seen = self.dist.sum(
+            [float(totals.loss_sum), float(totals.correct), float(totals.seen)]
+        )
+        totals.loss_sum.fill_(loss_sum)
+        totals.correct.fill_(correct)
+        totals.seen = int(seen)
+        if batches is None:
+            return {}
+        return {
+            "train_samples": totals.seen,
+            "padded_samples": padding(batches, self.dist.world_size),
+        }
 
     def checkpoint(
         self, state: RunState, step: int = 0, partial: EpochTotals | None = None
     ) -> None:
+        if self.dist is not None and not self.dist.writes:
+            return
         checkpoint.save(
             self.workdir,
             {
@@ -655,7 +706,7 @@ class Trainer:
             epoch=ckpt["epoch"],
             step=ckpt["step"],
             partial=ckpt["partial_epoch"],
-            history=[_metrics_from_dict(d) for d in ckpt["history"]],
+            history=[EpochMetrics.from_dict(d) for d in ckpt["history"]],
             best=Best(**ckpt["best"]),
             best_val_loss=ckpt["best_val_loss"],
             epochs_without_improvement=ckpt["epochs_without_improvement"],
@@ -710,11 +761,6 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
         raise ValueError(f"the checkpoint in the workdir was written for another config: {diff}")
 
 
-def _metrics_from_dict(d: dict[str, Any]) -> EpochMetrics:
-    names = [f for f in EpochMetrics.__dataclass_fields__ if f != "extra"]
-    return EpochMetrics(**{k: d[k] for k in names}, extra={k: d[k] for k in d if k not in names})
-
-
 def _validate(cfg: TrainConfig, train: ImageSet, val: ImageSet, class_names: list[str]) -> None:
     if cfg.num_classes != len(class_names):
         raise ValueError(f"num_classes is {cfg.num_classes} but {len(class_names)} class names")
@@ -744,11 +790,16 @@ def fit(
     device: torch.device,
     *,
     feature_cache: bool = True,
+    dist: Distributed | None = None,
 ) -> FitResult:
     """Train `model` (in place) under `cfg`; return the best epoch on `val` and its report.
 
     Resumes from workdir/checkpoint.pt when present. For linear_probe with
     feature_cache=True the backbone runs once per job and augmentation does not apply.
+    With `dist`, this is one rank of a data-parallel fit (worker/training/ddp.py): every
+    rank runs this same loop on its share of each batch; rank 0 alone checkpoints, and
+    only its hooks report. A linear probe then runs its frozen backbone at every step
+    (no feature cache: one cache file per job, not one per rank).
     """
     _validate(cfg, train, val, class_names)
     workdir = Path(workdir)
@@ -758,23 +809,27 @@ def fit(
     if _use_channels_last(cfg, device):
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(epoch_batches(len(train), cfg.batch_size, cfg.seed, 1))
-    trainer = Trainer(model, cfg, hooks, workdir, device, steps_per_epoch)
+    trainer = Trainer(model, cfg, hooks, workdir, device, steps_per_epoch, dist)
     hooks.on_event("precision", {"precision": trainer.precision.name, "device": str(device)})
     ckpt = checkpoint.load(workdir)
-    if ckpt is None:
+    if ckpt is None and (dist is None or dist.writes):
         # Files without a checkpoint belong to some earlier, abandoned start.
         for stale in (features.FILENAME, checkpoint.FROZEN_FILENAME):
             (workdir / stale).unlink(missing_ok=True)
+    if ckpt is None:
         state, resumed_from = RunState(), None
     else:
         state, resumed_from = trainer.restore(ckpt), ckpt["epoch"]
         hooks.on_event("resumed", {"epoch": state.epoch, "step": state.step})
-    trainer.set_data(train, val, feature_cache)
+    trainer.set_data(train, val, feature_cache and dist is None)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if state.stop_reason:
             break
         m = trainer.run_epoch(state, epoch, len(train))
         state.record(m, model, cfg)
+        if dist is not None:
+            # Each rank evaluated with its own BatchNorm statistics: rank 0's decide.
+            state.stop_reason = dist.from_writer(state.stop_reason)
         trainer.checkpoint(state)
         hooks.on_epoch_end(m)
     return trainer.result(state, train, val, class_names, resumed_from)

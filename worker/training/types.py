@@ -101,6 +101,12 @@ class EpochMetrics:
         d.update(self.extra)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochMetrics:
+        """as_dict() read back: the named fields, and the rest as extra."""
+        names = [f for f in cls.__dataclass_fields__ if f != "extra"]
+        return cls(**{k: d[k] for k in names}, extra={k: d[k] for k in d if k not in names})
+
 
 @dataclass
 class Hooks:
