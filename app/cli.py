@@ -64,6 +64,15 @@ def worker(args: argparse.Namespace) -> int:
     from worker.launcher import worker_devices
 
     settings = get_settings()
+    if settings.is_remote_storage:
+        from app.object_store import StoreUnavailable, object_store
+
+        try:
+            object_store(settings).check()
+        except StoreUnavailable as exc:
+            # At start-up, not at the first job: nothing could be stored or fetched.
+            log.error("GRAFT_STORAGE_URL %s: %s", settings.storage_url, exc)
+            return 2
     devices = worker_devices(settings.worker_devices)
     # The worker announces its devices by the queues it consumes: those of every
     # device count up to its own (app/queue.py).

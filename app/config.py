@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,6 +14,21 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRAFT_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("var"), description="Artifact store and embedded database")
+    # Where datasets, checkpoints and models live for good: empty (data_dir), another
+    # local path, or s3://bucket/prefix (any S3-compatible store, through s3fs). With a
+    # bucket, data_dir holds only this process's cache of it (cache_max_bytes, LRU).
+    storage_url: str = ""
+    storage_endpoint_url: str = Field("", description="e.g. http://minio:9000; empty: AWS")
+    storage_region: str = ""
+    # Empty: botocore's own chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws,
+    # an instance role).
+    storage_access_key_id: str = ""
+    storage_secret_access_key: SecretStr | None = None
+    # How a model download leaves a bucket: streamed through the API (the default: the
+    # bucket may be private to the cluster), or a 307 to a presigned URL.
+    storage_downloads: Literal["stream", "redirect"] = "stream"
+    storage_url_expiry_seconds: int = Field(3600, ge=60, le=7 * 86_400)
+    cache_max_bytes: int = Field(20 * 1024**3, ge=0)
     # Empty means the embedded default: SQLite under data_dir.
     database_url: str = ""
     # Empty means the embedded default: kombu's filesystem transport under data_dir.
@@ -107,6 +123,30 @@ class Settings(BaseSettings):
         20, ge=1, description="Failed authentications per minute per client address"
     )
     rate_limit_storage_url: str = ""
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in ("", "file", "s3"):
+            raise ValueError(
+                f"GRAFT_STORAGE_URL has the scheme {scheme!r}; use a local path or "
+                "s3://bucket/prefix"
+            )
+        if scheme == "s3" and not url.removeprefix("s3://").strip("/"):
+            raise ValueError("GRAFT_STORAGE_URL s3:// needs a bucket: s3://bucket/prefix")
+        return url
+
+    @property
+    def is_remote_storage(self) -> bool:
+        return self.storage_url.startswith("s3://")
+
+    @property
+    def storage_root(self) -> Path:
+        """The local root of the artifact store (with a bucket: the cache of it)."""
+        if self.storage_url and not self.is_remote_storage:
+            return Path(self.storage_url.removeprefix("file://")).resolve()
+        return self.resolved_data_dir
 
     @property
     def resolved_data_dir(self) -> Path:

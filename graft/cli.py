@@ -261,14 +261,19 @@ def check_upload_path(path: Path, kind: str) -> None:
 def _spec_fields() -> list[tuple[str, str | None, Any, str]]:
     """(field, parent or None, annotation, description) of every scalar or list field
     of the spec (domain_adaptation, nested, comes from --spec)."""
-    from app.schemas.jobs import Hyperparameters, JobCreate
+    from app.schemas.jobs import Hyperparameters, JobCreate, Resources
 
+    nested: dict[str, type[BaseModel]] = {
+        "hyperparameters": Hyperparameters,
+        "resources": Resources,
+    }
     fields: list[tuple[str, str | None, Any, str]] = []
     for name, info in JobCreate.model_fields.items():
-        if name not in ("hyperparameters", "domain_adaptation"):
+        if name not in (*nested, "domain_adaptation"):
             fields.append((name, None, info.annotation, info.description or ""))
-    for name, info in Hyperparameters.model_fields.items():
-        fields.append((name, "hyperparameters", info.annotation, info.description or ""))
+    for parent, model in nested.items():
+        for name, info in model.model_fields.items():
+            fields.append((name, parent, info.annotation, info.description or ""))
     return fields
 
 
@@ -303,7 +308,7 @@ def spec_options(*, with_dataset: bool) -> Callable[[F], F]:
                 continue
             kind, multiple = _click_type(annotation)
             flags = [f"--{name.replace('_', '-')}", *ALIASES.get(name, [])]
-            where = f"hyperparameters.{name}" if parent else name
+            where = f"{parent}.{name}" if parent else name
             func = click.option(
                 *flags,
                 f"spec__{name}",

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.s3 import S3Server
+
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("GRAFT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("GRAFT_TEST_REDIS", "redis://127.0.0.1:6379/14")
@@ -94,6 +96,14 @@ BASE_ENV_KEYS = (
     "GRAFT_MAX_UPLOAD_BYTES",
     "GRAFT_MAX_IMAGE_PIXELS",
     "GRAFT_ARCHIVE_MAX_ENTRIES",
+    "GRAFT_STORAGE_URL",
+    "GRAFT_STORAGE_ENDPOINT_URL",
+    "GRAFT_STORAGE_REGION",
+    "GRAFT_STORAGE_ACCESS_KEY_ID",
+    "GRAFT_STORAGE_SECRET_ACCESS_KEY",
+    "GRAFT_STORAGE_DOWNLOADS",
+    "GRAFT_CACHE_MAX_BYTES",
+    "GRAFT_WORKER_DEVICES",
 )
 
 
@@ -157,6 +167,14 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
                 "idempotency_keys, api_keys, teams, studies CASCADE"
             )
         )
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a free port of 127.0.0.1, for the whole run (tests/s3.py)."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -33,7 +33,10 @@ class JobInputs:
 def prepare(job: ClaimedJob, settings: Settings, storage: Storage) -> JobInputs:
     spec, hp = job.spec, job.spec.hyperparameters
     train, val, classes = data.image_sets(
-        storage.dataset_dir(spec.dataset_id), hp.image_size, spec.validation_split, hp.seed
+        storage.fetch(storage.dataset_dir(spec.dataset_id)),
+        hp.image_size,
+        spec.validation_split,
+        hp.seed,
     )
     cfg = train_config(spec, job.architecture, len(classes))
     # Seeded before the model is built: a new head's initial weights depend on it, and
@@ -69,7 +72,7 @@ def build_model(
             image_size=cfg.image_size,
             allow_download=settings.allow_weight_download,
         )
-    weights_path = storage.model_dir(job.base.id) / "model.safetensors"
+    weights_path = storage.fetch(storage.model_dir(job.base.id)) / "model.safetensors"
     arch, size, base = cfg.architecture, cfg.image_size, job.base
     if base.kind == "backbone":
         return load_saved(
@@ -108,11 +111,13 @@ def adaptation_data(
 ) -> tuple[np.ndarray, ImageSet | None]:
     """The unlabeled target images, and the labelled target set to evaluate on (if any)."""
     try:
-        target = data.all_images(storage.dataset_dir(options.target_dataset_id), size)
+        target = data.all_images(
+            storage.fetch(storage.dataset_dir(options.target_dataset_id)), size
+        )
         evaluation = None
         if options.target_eval_dataset_id:
             evaluation = data.labeled_set(
-                storage.dataset_dir(options.target_eval_dataset_id), size, classes
+                storage.fetch(storage.dataset_dir(options.target_eval_dataset_id)), size, classes
             )
     except DatasetError as exc:
         raise DatasetError(f"domain adaptation: {exc}") from exc

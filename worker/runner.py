@@ -26,11 +26,16 @@ from app.config import Settings, get_settings
 from app.db.session import in_transaction
 from app.services import job_runs, searches
 from app.services.job_runs import ClaimedEvaluation, ClaimedJob, Lease, ModelRecord
-from app.storage import Storage
+from app.storage import Storage, storage_for
 from worker.adapt.run import adapt
 from worker.errors import DatabaseUnavailable, DevicesUnavailable, JobError, ResourcesExhausted
 from worker.evaluation import Subject, evaluate
-from worker.job_files import attempt_workdir, record_validation_set, remove_checkpoints
+from worker.job_files import (
+    CheckpointSync,
+    attempt_workdir,
+    record_validation_set,
+    remove_checkpoints,
+)
 from worker.job_inputs import adaptation_data, prepare
 from worker.launcher import Launch, worker_devices
 from worker.lease import Heartbeat
@@ -68,7 +73,7 @@ def run_job(job_id: str, settings: Settings | None = None, fit: Fit = engine.fit
         return "not_claimed"
     beat = Heartbeat(job.lease, settings.lease_seconds, settings.heartbeat_seconds)
     beat.start()
-    storage = Storage(settings.resolved_data_dir)
+    storage = storage_for(settings)
     try:
         if isinstance(job, ClaimedEvaluation):
             return _run(job.lease, lambda: _evaluate(job, settings, storage, beat))
@@ -78,6 +83,9 @@ def run_job(job_id: str, settings: Settings | None = None, fit: Fit = engine.fit
     if outcome in ("succeeded", "pruned"):
         # A cancelled or failed job keeps its last checkpoint (until it is deleted).
         remove_checkpoints(storage, job.lease)
+    if storage.is_remote:
+        # The bucket holds what the job keeps; this host's copy was a working one.
+        storage.remove_local(storage.job_dir(job_id))
     if job.search_id is not None and outcome in ENDED:
         # The search goes on from here: Optuna hears of this trial, the next one starts.
         searches.advance_quietly(job.search_id)
@@ -143,9 +151,10 @@ def _train_and_publish(
     trained = _train(job, settings, storage, beat, fit)
     if not in_transaction(job_runs.heartbeat, lease, settings.lease_seconds).held:
         raise TrainingStopped("lease_lost", trained.result.best_epoch, 0)
-    return write_model(
-        storage.model_dir(lease.model_id), lease.model_id, lease.job_id, job.spec, trained
-    )
+    model_dir = storage.model_dir(lease.model_id)
+    record = write_model(model_dir, lease.model_id, lease.job_id, job.spec, trained)
+    storage.publish(model_dir)  # in the bucket before the row points at it
+    return record
 
 
 def _evaluate(
@@ -153,7 +162,7 @@ def _evaluate(
 ) -> tuple[None, dict[str, Any]]:
     spec, lease = job.spec, job.lease
     subject = Subject(
-        storage.model_dir(spec.model_id),
+        storage.fetch(storage.model_dir(spec.model_id)),
         job.model.architecture,
         job.model.classes,
         job.image_size,
@@ -165,7 +174,8 @@ def _evaluate(
         if throttle.due(last=p["images_done"] >= p["images_total"]):
             in_transaction(job_runs.report_progress, lease, p)
 
-    report = evaluate(subject, storage.dataset_dir(spec.dataset_id), progress, _stop_check(beat))
+    dataset = storage.fetch(storage.dataset_dir(spec.dataset_id))
+    report = evaluate(subject, dataset, progress, _stop_check(beat))
     return None, {"model_id": spec.model_id, "dataset_id": spec.dataset_id, **report}
 
 
@@ -183,11 +193,17 @@ def _train(
         fit = Launch(devices)
     inputs = prepare(job, settings, storage)
     record_validation_set(storage, job.lease.job_id, inputs.val)
-    hooks = _hooks(job, beat, settings.progress_interval_seconds)
+    workdir = attempt_workdir(storage, job.lease)
+    sync = CheckpointSync(storage, workdir)
+    hooks = _hooks(job, beat, settings.progress_interval_seconds, sync)
     device = engine.select_device()
     model, cfg = inputs.model, inputs.cfg
-    workdir = attempt_workdir(storage, job.lease)
-    result = fit(model, cfg, inputs.train, inputs.val, inputs.classes, hooks, workdir, device)
+    try:
+        result = fit(model, cfg, inputs.train, inputs.val, inputs.classes, hooks, workdir, device)
+    except TrainingStopped as stop:
+        if stop.reason == "preempted":
+            sync()  # the checkpoint of the step it stopped at, for whichever host resumes
+        raise
     model.load_state_dict(result.state_dict)
     trained = Trained(result, cfg, inputs.classes, inputs.train, inputs.val, model)
     options = job.spec.domain_adaptation
@@ -245,7 +261,9 @@ class Throttle:
         return True
 
 
-def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
+def _hooks(
+    job: ClaimedJob, beat: Heartbeat, progress_every: float, checkpointed: Callable[[], None]
+) -> Hooks:
     lease, metrics = job.lease, job.metrics
     throttle = Throttle(progress_every)
     pruned = threading.Event()
@@ -255,6 +273,7 @@ def _hooks(job: ClaimedJob, beat: Heartbeat, progress_every: float) -> Hooks:
             in_transaction(job_runs.report_progress, lease, _progress_dict(p))
 
     def on_epoch_end(m: EpochMetrics) -> None:
+        checkpointed()  # in the bucket before the row says the epoch is checkpointed
         metrics[:] = [x for x in metrics if x["epoch"] < m.epoch] + [m.as_dict()]
         in_transaction(job_runs.epoch_done, lease, list(metrics), m.as_dict())
         if _should_prune(job, m.as_dict()):

@@ -6,7 +6,7 @@ from app.config import get_settings
 from app.db.session import in_transaction
 from app.queue import INGEST_TASK, TRAIN_TASK
 from app.services.datasets import ingest_pending
-from app.storage import Storage
+from app.storage import storage_for
 from worker.celery_app import app
 
 
@@ -20,4 +20,4 @@ def train(job_id: str) -> str:
 @app.task(name=INGEST_TASK)
 def ingest(dataset_id: str) -> None:
     settings = get_settings()
-    in_transaction(ingest_pending, Storage(settings.resolved_data_dir), settings, dataset_id)
+    in_transaction(ingest_pending, storage_for(settings), settings, dataset_id)

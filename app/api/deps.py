@@ -36,7 +36,7 @@ from app.services.teams import (
     require_admin,
     touch_key,
 )
-from app.storage import Storage
+from app.storage import Storage, storage_for
 
 
 def get_session() -> Iterator[Session]:
@@ -51,7 +51,7 @@ async def settings() -> Settings:
 
 
 async def get_storage(settings: Annotated[Settings, Depends(settings)]) -> Storage:
-    return Storage(settings.resolved_data_dir)
+    return storage_for(settings)
 
 
 # Declares the Bearer scheme in the OpenAPI spec (securitySchemes) for every route

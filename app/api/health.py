@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from app.api.deps import AddressDep, SettingsDep, TokenDep
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.db.session import session_scope
 from app.errors import Forbidden, Unauthorized
 from app.queue import broker_reachable
@@ -41,7 +41,8 @@ def healthz() -> dict[str, str]:
     responses={503: {"model": Readiness, "description": "A dependency cannot be reached"}},
 )
 def readyz() -> JSONResponse:
-    """The database and the broker can be reached (503 otherwise, saying which)."""
+    """The database, the broker and the bucket (with GRAFT_STORAGE_URL=s3://…) can be
+    reached (503 otherwise, saying which)."""
     checks: dict[str, str] = {}
     try:
         with session_scope() as session:
@@ -50,11 +51,24 @@ def readyz() -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["broker"] = "ok" if broker_reachable() else "error: unreachable"
+    settings = get_settings()
+    if settings.is_remote_storage:
+        checks["storage"] = storage_check(settings)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,
     )
+
+
+def storage_check(settings: Settings) -> str:
+    from app.object_store import StoreUnavailable, object_store
+
+    try:
+        object_store(settings).check()
+    except StoreUnavailable as exc:
+        return f"error: {exc}"
+    return "ok"
 
 
 def require_metrics_token(settings: Settings, token: str | None, address: str) -> None:

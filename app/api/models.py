@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import (
@@ -93,18 +93,34 @@ async def get_model(model_id: ObjectId, read: ReadAsTeam) -> Response:
     },
 )
 async def download_artifact(
-    model_id: ObjectId, format: FormatParam, read: ReadAsTeam, storage: StorageDep
-) -> FileResponse:
+    model_id: ObjectId,
+    format: FormatParam,
+    read: ReadAsTeam,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> Response:
     """Download one artifact: `safetensors`, `metadata`, `onnx`, `onnx-int8`, `onnx-fp16`,
-    `bundle`. The sha256 of each is in the model object."""
+    `bundle`. The sha256 of each is in the model object. With a bucket the file streams
+    from it, or (GRAFT_STORAGE_DOWNLOADS=redirect) answers 307 to a presigned URL."""
 
-    def answer(session: Session, team: Team) -> FileResponse:
+    def answer(session: Session, team: Team) -> Response:
         model = service.get_model(session, team, model_id)
         path = service.artifact_path(storage, model, format.value)
-        return FileResponse(
-            path,
-            media_type=MEDIA_TYPES.get(format.value, "application/octet-stream"),
-            filename=f"{model.id}-{path.name}",
+        media_type = MEDIA_TYPES.get(format.value, "application/octet-stream")
+        filename = f"{model.id}-{path.name}"
+        if storage.remote is None:
+            return FileResponse(path, media_type=media_type, filename=filename)
+        key = storage.rel(path)
+        if settings.storage_downloads == "redirect":
+            return RedirectResponse(storage.remote.url(key, settings.storage_url_expiry_seconds))
+        size = next(a["size_bytes"] for a in model.artifacts if a["format"] == format.value)
+        return StreamingResponse(
+            storage.remote.chunks(key),
+            media_type=media_type,
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Content-Length": str(size),
+            },
         )
 
     return await read(answer)

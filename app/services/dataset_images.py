@@ -70,7 +70,7 @@ def _ready_manifest(storage: Storage, dataset: Dataset) -> tuple[Path, _Manifest
             code="dataset_not_ready",
             param="dataset_id",
         )
-    root = storage.dataset_dir(dataset.id)
+    root = storage.fetch(storage.dataset_dir(dataset.id))
     path = root / "manifest.json"
     return root, _manifest(path, path.stat().st_mtime_ns)
 

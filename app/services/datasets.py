@@ -140,14 +140,17 @@ def create_dataset(
             )
         finally:
             upload.path.unlink(missing_ok=True)
-        apply_report(dataset, report)
-        repo.add(dataset)
         # If the row does not commit, the files it would point at must go too.
         on_rollback(session, lambda: storage.remove_tree(storage.dataset_dir(dataset.id)))
+        storage.publish(storage.dataset_dir(dataset.id))
+        apply_report(dataset, report)
+        repo.add(dataset)
         return dataset, True
     archive = pending_archive(storage, dataset.id)
     archive.parent.mkdir(parents=True, exist_ok=True)
     os.replace(upload.path, archive)
+    on_rollback(session, lambda: storage.remove_file(archive))
+    storage.publish(archive)  # the worker that ingests it may be on another host
     repo.add(dataset)
     after_commit(session, lambda: _enqueue_ingest(dataset.id))
     return dataset, True
@@ -168,8 +171,9 @@ def ingest_pending(session: Session, storage: Storage, settings: Settings, datas
     dataset = repo.get(dataset_id)
     archive = pending_archive(storage, dataset_id)
     if dataset is None or dataset.status != "processing":
-        archive.unlink(missing_ok=True)  # deleted (or done) meanwhile: nothing to ingest
+        storage.remove_file(archive)  # deleted (or done) meanwhile: nothing to ingest
         return
+    storage.download(archive)
     dest = storage.dataset_dir(dataset_id)
     if dest.exists():  # a previous attempt finished the files but not the row
         shutil.rmtree(dest)
@@ -181,8 +185,9 @@ def ingest_pending(session: Session, storage: Storage, settings: Settings, datas
         dataset.status = "failed"
         dataset.error = {"code": exc.code, "message": exc.message, "param": exc.param}
     else:
+        storage.publish(dest)
         apply_report(dataset, report)
-    archive.unlink(missing_ok=True)
+    storage.remove_file(archive)
 
 
 def apply_report(dataset: Dataset, report: IngestReport) -> None:
@@ -220,6 +225,6 @@ def delete_dataset(session: Session, storage: Storage, team: Team, dataset_id: s
 
     def remove_files() -> None:
         storage.remove_tree(storage.dataset_dir(dataset_id))
-        pending_archive(storage, dataset_id).unlink(missing_ok=True)
+        storage.remove_file(pending_archive(storage, dataset_id))
 
     after_commit(session, remove_files)

@@ -149,6 +149,7 @@ def upload_model(
         describe_file(weights, "safetensors"),
         describe_file(directory / "metadata.json", "metadata"),
     ]
+    storage.publish(directory)  # before the row points at it
     model = Model(
         id=model_id,
         team_id=team.id,

@@ -61,6 +61,7 @@ def predict(
     limits = ImageLimits(
         max_bytes=settings.max_predict_image_bytes, max_pixels=settings.max_image_pixels
     )
+    storage.fetch(storage.model_dir(model.id))
     results = PREDICTOR.predict(
         artifact_path(storage, model, fmt),
         model.preprocessing,

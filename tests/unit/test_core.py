@@ -121,3 +121,15 @@ def test_a_worker_consumes_the_queues_of_every_device_count_up_to_its_own() -> N
     assert worker_queues(["gpu", "ingest"], 3, "ingest") == ["gpu", "gpu.x2", "gpu.x3", "ingest"]
     assert devices_of({"resources": {"devices": 2}}) == 2
     assert devices_of({"resources": None}) == devices_of({}) == 1
+
+
+def test_the_cli_asks_for_devices_as_resources_devices() -> None:
+    from click.testing import CliRunner
+
+    from graft.cli import build_spec, main
+
+    spec = build_spec(None, {"spec__devices": 2, "spec__epochs": 3})
+    assert spec == {"resources": {"devices": 2}, "hyperparameters": {"epochs": 3}}
+    shown = CliRunner().invoke(main, ["jobs", "create", "--help"])
+    assert "--devices" in shown.output and "resources.devices" in shown.output
+    assert "--resources" not in shown.output

@@ -18,16 +18,31 @@ def compose() -> dict:
 
 def test_compose_has_the_production_services() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "minio",
+        "createbucket",
+        "migrate",
+        "api",
+        "worker",
+    }
     worker = services["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     for name in ("migrate", "api", "worker"):
-        assert "graft-data:/data" in services[name]["volumes"]
         env = services[name]["environment"]
         assert env["GRAFT_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["GRAFT_BROKER_URL"].startswith("redis://")
-    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert env["GRAFT_STORAGE_URL"] == "s3://graft/artifacts"
+        assert env["GRAFT_STORAGE_ENDPOINT_URL"] == "http://minio:9000"
+    # No volume shared between the API and the worker: only the bucket.
+    assert not set(services["api"]["volumes"]) & set(worker["volumes"])
+    assert "mb --ignore-existing store/graft" in services["createbucket"]["command"][0]
+    for name in ("api", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["createbucket"]["condition"] == "service_completed_successfully"
 
 
 def test_compose_commands_are_graft_commands_the_readme_uses() -> None:
