@@ -11,6 +11,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from app.config import get_settings
 
 
@@ -184,7 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # reads the settings
+    except ValidationError as exc:
+        # A setting that cannot work stops the process at start-up, saying which.
+        for problem in exc.errors():
+            name = "GRAFT_" + "_".join(str(p) for p in problem["loc"]).upper()
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            print(f"Invalid setting {name}: {message}", file=sys.stderr)
+        return 2
     result: int = args.func(args)
     return result
 

@@ -130,11 +130,10 @@ class Settings(BaseSettings):
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if scheme not in ("", "file", "s3"):
             raise ValueError(
-                f"GRAFT_STORAGE_URL has the scheme {scheme!r}; use a local path or "
-                "s3://bucket/prefix"
+                f"the scheme {scheme!r} is not supported; use a local path or s3://bucket/prefix"
             )
         if scheme == "s3" and not url.removeprefix("s3://").strip("/"):
-            raise ValueError("GRAFT_STORAGE_URL s3:// needs a bucket: s3://bucket/prefix")
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
         return url
 
     @property

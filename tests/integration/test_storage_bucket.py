@@ -93,9 +93,26 @@ def test_the_cache_keeps_the_most_recently_used_within_its_size(
     assert {n for n, p in here.items() if p.exists()} == {"ds_3", "ds_2"}
 
 
-def test_an_unknown_scheme_is_refused_when_the_settings_load() -> None:
-    with pytest.raises(ValidationError, match="GRAFT_STORAGE_URL has the scheme 'gs'"):
+def test_an_unknown_scheme_is_refused_when_the_settings_load(
+    sqlite_env: dict[str, str],
+) -> None:
+    with pytest.raises(ValidationError, match="the scheme 'gs' is not supported"):
         Settings(storage_url="gs://bucket/graft")
+    with pytest.raises(ValidationError, match="s3:// needs a bucket"):
+        Settings(storage_url="s3://")
+    api = subprocess.run(
+        [sys.executable, "-m", "app.cli", "api"],
+        env={**os.environ, **sqlite_env, "GRAFT_STORAGE_URL": "gs://bucket/graft"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert api.returncode == 2
+    assert api.stderr.strip() == (
+        "Invalid setting GRAFT_STORAGE_URL: the scheme 'gs' is not supported; "
+        "use a local path or s3://bucket/prefix"
+    )
 
 
 def test_a_missing_bucket_fails_readyz_and_the_worker_at_start_up(

@@ -193,6 +193,7 @@ class Reporter:
         # The worker records the epoch and may decide to stop before the next step.
         while not self.watch.orphaned():
             if self.ack.exists() and int(self.ack.read_text() or 0) >= m.epoch:
+                self.watch.checked = 0.0  # look for a stop before the next step
                 return
             time.sleep(0.02)
 
