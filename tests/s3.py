@@ -3,6 +3,7 @@ s3fs's own test suite runs), as a process of its own on 127.0.0.1."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ REGION = "us-east-1"
 
 
 class S3Server:
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *, check_credentials: bool = False) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -27,6 +28,11 @@ class S3Server:
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # moto accepts any key unless told to authenticate from the first request.
+            env={
+                **os.environ,
+                **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {}),
+            },
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

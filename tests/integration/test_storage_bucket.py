@@ -136,6 +136,19 @@ def test_a_missing_bucket_fails_readyz_and_the_worker_at_start_up(
     assert "bucket 'no-such-bucket' does not exist" in worker.stderr
 
 
+def test_credentials_the_store_refuses_fail_readyz(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    strict = S3Server(tmp_path / "moto.log", check_credentials=True)
+    try:
+        with api_factory({**sqlite_env, **strict.env("graft")}) as factory:
+            r = factory().client.get("/readyz")
+    finally:
+        strict.stop()
+    assert r.status_code == 503
+    assert r.json()["checks"]["storage"] == "error: bucket 'graft' refused the credentials"
+
+
 def test_readyz_checks_a_bucket_that_exists(s3: S3Server, sqlite_env: dict[str, str]) -> None:
     with api_factory({**sqlite_env, **s3.env(s3.new_bucket())}) as factory:
         r = factory().client.get("/readyz")
