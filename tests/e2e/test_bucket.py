@@ -94,6 +94,13 @@ def keys(stack: dict[str, Any], prefix: str = "") -> list[str]:
     return [k.removeprefix("graft/") for k in stack["s3"].keys(stack["bucket"], "graft/" + prefix)]
 
 
+def only_the_validation_set(stack: dict[str, Any], job_id: str) -> None:
+    """The worker deletes a succeeded job's checkpoints (all attempts', in the bucket)
+    right after it recorded the success, so a poll may see the success first."""
+    kept = [f"jobs/{job_id}/validation_set.json"]
+    wait_for(lambda: keys(stack, f"jobs/{job_id}/") == kept, 30, "the checkpoints to go")
+
+
 def test_the_pipeline_with_a_bucket_and_no_shared_directory(stack: dict[str, Any]) -> None:
     api, key, ds = stack["api"], stack["key"], stack["dataset_id"]
     # The archive went through the bucket to the worker, and is gone once ingested.
@@ -114,8 +121,9 @@ def test_the_pipeline_with_a_bucket_and_no_shared_directory(stack: dict[str, Any
     for artifact in model["artifacts"]:
         assert f"models/{model_id}/{artifact['file']}" in stored
     # What the job keeps is in the bucket; its checkpoints went with its success.
-    assert keys(stack, f"jobs/{job_id}/") == [f"jobs/{job_id}/validation_set.json"]
-    assert not (stack["root"] / "a" / "jobs" / job_id).exists()
+    only_the_validation_set(stack, job_id)
+    local = stack["root"] / "a" / "jobs" / job_id
+    wait_for(lambda: not local.exists(), 30, "the worker's own copy to go")
 
     # Downloads stream from the bucket, byte for byte what the model object says.
     for artifact in model["artifacts"]:
@@ -159,7 +167,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_from_the_bucket(
     assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3, 4]
     resumed = [e["data"] for e in events(stack, job_id) if e["type"] == "job.resumed"]
     assert [r["epoch"] for r in resumed] == [checkpointed]
-    assert keys(stack, f"jobs/{job_id}/") == [f"jobs/{job_id}/validation_set.json"]
+    only_the_validation_set(stack, job_id)
 
 
 def test_sigterm_on_one_worker_resumes_at_the_same_step_on_another(
