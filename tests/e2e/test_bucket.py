@@ -155,7 +155,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_from_the_bucket(
     stack: dict[str, Any],
 ) -> None:
     a = stack["workers"][0]
-    job_id = create(stack, epochs=4)
+    job_id = create(stack, epochs=3)
     wait_in_epoch(stack, job_id, 2)
     a.stop(signal.SIGKILL)
     checkpointed = len(job(stack, job_id)["metrics"])
@@ -164,7 +164,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_from_the_bucket(
     start(stack, "b")  # never saw the job: its directory is empty
     j = wait_status(stack, job_id, "succeeded")
     assert j["attempt"] == 2
-    assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3]
     resumed = [e["data"] for e in events(stack, job_id) if e["type"] == "job.resumed"]
     assert [r["epoch"] for r in resumed] == [checkpointed]
     only_the_validation_set(stack, job_id)

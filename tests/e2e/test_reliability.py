@@ -189,7 +189,7 @@ def test_a_two_device_job_waits_for_a_two_device_worker_and_survives_a_killed_ra
     stack: dict[str, Any],
 ) -> None:
     one = start(stack, "one", GRAFT_WORKER_DEVICES="1")
-    job_id = create(stack, epochs=3, resources={"devices": 2})
+    job_id = create(stack, epochs=2, resources={"devices": 2})
     plain = create(stack, epochs=1)
     wait_status(stack, plain, "succeeded")  # the one-device worker was taking jobs,
     assert job(stack, job_id)["status"] == "queued"  # but not this one
@@ -208,7 +208,7 @@ def test_a_two_device_job_waits_for_a_two_device_worker_and_survives_a_killed_ra
     assert checkpointed >= 1  # the second attempt went on from the first one's checkpoint
     distributed = [e["data"] for e in evs if e["type"] == "job.distributed"]
     assert [d["world_size"] for d in distributed] == [2, 2]
-    assert [m["epoch"] for m in j["metrics"]] == [1, 2, 3]
+    assert [m["epoch"] for m in j["metrics"]] == [1, 2]
     train_images = distributed[0]["train_images"]
     for m in j["metrics"]:
         assert m["train_samples"] == train_images + m["padded_samples"]
