@@ -4,7 +4,7 @@ VENV ?= .venv
 PORT ?= 8000
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint e2e clean
+.PHONY: install run test test-fast lint clean
 
 # Re-install whenever pyproject.toml changes; pip takes torch and torchvision from the
 # pinned versions in pyproject.toml. The server's extras (server, worker) and the test
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Everything but the tests marked e2e (real worker, torchrun and browser processes).
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e"
 
 lint: install
 	$(BIN)/ruff check .

@@ -26,6 +26,9 @@ from worker.training import checkpoint, ddp, engine
 from worker.training.distributed import padding, shard
 from worker.training.types import EpochMetrics, Hooks, ImageSet, Progress, TrainingStopped
 
+# They start real torchrun processes, as the e2e tests start workers.
+pytestmark = pytest.mark.e2e
+
 CPU = torch.device("cpu")
 
 
