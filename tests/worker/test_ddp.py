@@ -26,10 +26,9 @@ from worker.training import checkpoint, ddp, engine
 from worker.training.distributed import padding, shard
 from worker.training.types import EpochMetrics, Hooks, ImageSet, Progress, TrainingStopped
 
-# They start real torchrun processes, as the e2e tests start workers.
-pytestmark = pytest.mark.e2e
-
 CPU = torch.device("cpu")
+# The tests that start real torchrun processes, as the e2e tests start workers.
+launches = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +85,7 @@ def test_a_global_batch_is_split_like_distributed_sampler() -> None:
     assert len(seen) - 1200 == padding(batches, 2) == 36
 
 
+@launches
 def test_two_processes_train_as_well_as_one(
     digits_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
@@ -116,6 +116,7 @@ def test_two_processes_train_as_well_as_one(
     assert not leftover_processes(str(tmp_path / "two"))
 
 
+@launches
 def test_a_stop_reaches_every_rank_and_resumes_at_the_same_global_step(
     digits_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ def test_a_stop_reaches_every_rank_and_resumes_at_the_same_global_step(
     assert [m.epoch for m in result.history] == [1, 2, 3]
 
 
+@launches
 def test_cancel_stops_every_rank_without_a_checkpoint(
     digits_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
@@ -165,6 +167,7 @@ def test_cancel_stops_every_rank_without_a_checkpoint(
     assert not leftover_processes(str(tmp_path))
 
 
+@launches
 def test_a_killed_rank_fails_the_attempt_as_retryable_and_leaves_no_process(
     digits_split: tuple[ImageSet, ImageSet], tmp_path: Path
 ) -> None:
